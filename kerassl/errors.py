@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 
@@ -29,3 +30,10 @@ def cli_entry(main):
             return 130
 
     return wrapper
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with kerassl's error style: one line on stderr, exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"kerassl: error: {message} (see {self.prog} --help)\n")

@@ -1,0 +1,83 @@
+"""The resolved settings of a training run, as one dataclass (CLI → config → library)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kerassl.errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of `kerassl train`; `config.json` in a run dir is this, resolved."""
+
+    method: str = "simclr"
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    download: bool = True
+    image_size: int | None = None  # None: the dataset's native/default size
+    max_unlabeled: int | None = None  # cap the unlabeled pool (quick experiments)
+    labels: str = "100"  # total labels stratified over classes, or a fraction ("0.1")
+    validation: float = 0.2  # fraction of the labeled examples held out for model selection
+    augment: str | None = None  # preset; None: the dataset's default
+    encoder: str = "cnn"
+    weights: str | None = None  # None or "imagenet" (keras.applications encoders)
+    head: str = "mlp"
+    projection_dim: int = 128
+    hidden_dim: int = 512
+    temperature: float = 0.5
+    epochs: int = 10
+    steps_per_epoch: int | None = None  # None: one pass over the unlabeled pool
+    batch_size: int = 256
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-6
+    warmup_epochs: float = 1.0
+    jit_compile: bool = True
+    strategy: str = "auto"  # auto | default | mirrored | multi_worker
+    baseline: str = "cnn"  # supervised baseline trained on the same labels; "none" to skip
+    baseline_epochs: int = 200
+    knn_every: int = 1  # kNN monitor period in epochs (0 disables)
+    seed: int = 0
+    out: str = "runs"
+    run_name: str | None = None
+
+    def validate(self) -> None:
+        """Raises `UserError` for values no run could use."""
+        checks = [
+            (self.epochs >= 1, "epochs", "an integer >= 1"),
+            (self.batch_size >= 2, "batch_size", "an integer >= 2"),
+            (self.learning_rate > 0, "learning_rate", "> 0"),
+            (self.temperature > 0, "temperature", "> 0"),
+            (self.weight_decay >= 0, "weight_decay", ">= 0"),
+            (0 <= self.validation < 1, "validation", "in [0, 1)"),
+            (self.image_size is None or self.image_size >= 8, "image_size", ">= 8"),
+            (self.projection_dim >= 1, "projection_dim", ">= 1"),
+            (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch", ">= 1"),
+            (self.max_unlabeled is None or self.max_unlabeled >= 2, "max_unlabeled", ">= 2"),
+        ]
+        for ok, name, accepted in checks:
+            if not ok:
+                raise UserError(f"--{name.replace('_', '-')} must be {accepted}; got {getattr(self, name)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise UserError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str) -> TrainConfig:
+        try:
+            with open(path) as file:
+                return cls.from_json(json.load(file))
+        except (OSError, json.JSONDecodeError) as error:
+            raise UserError(f"cannot read config {path}: {error}") from None

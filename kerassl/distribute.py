@@ -1,0 +1,94 @@
+"""Distribution strategy from flags and the environment: one device, several GPUs, several
+machines (TF_CONFIG or SLURM)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from kerassl.errors import UserError
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+
+
+def split_cpu(devices: int) -> None:
+    """Splits the CPU into `devices` logical devices, so MirroredStrategy can run on a
+    machine without GPUs (tests, CI). Must run before TensorFlow initialises devices."""
+    if devices < 1:
+        raise UserError(f"--cpu-devices must be >= 1; got {devices}")
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(devices)]
+        )
+    except RuntimeError:
+        current = len(tf.config.list_logical_devices("CPU"))
+        if current != devices:
+            raise UserError(
+                f"cannot split the CPU into {devices} devices: TensorFlow is already "
+                f"initialised with {current}"
+            ) from None
+
+
+def _slurm_workers() -> int:
+    return int(os.environ.get("SLURM_NTASKS", "1"))
+
+
+def make_strategy(kind: str = "auto") -> tf.distribute.Strategy:
+    """Returns the strategy for `kind`.
+
+    - `auto`: multi-worker when `TF_CONFIG` names several workers or SLURM runs several
+      tasks, MirroredStrategy over all local GPUs (or logical CPUs) when there are
+      several, else the default (single-device) strategy.
+    - `default`, `mirrored`, `multi_worker`: that strategy. Multi-worker reads the cluster
+      from `TF_CONFIG`, or from SLURM's environment through `SlurmClusterResolver`.
+    """
+    if kind not in STRATEGIES:
+        raise UserError(f"unknown strategy {kind!r}; choose one of {', '.join(STRATEGIES)}")
+    if kind == "auto":
+        if _tf_config_workers() > 1 or _slurm_workers() > 1:
+            kind = "multi_worker"
+        elif _local_devices() > 1:
+            kind = "mirrored"
+        else:
+            kind = "default"
+    if kind == "default":
+        return tf.distribute.get_strategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=_device_names())
+    if "TF_CONFIG" not in os.environ and _slurm_workers() > 1:
+        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def _tf_config_workers() -> int:
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    except json.JSONDecodeError:
+        raise UserError("TF_CONFIG is not valid JSON") from None
+    return len(config.get("cluster", {}).get("worker", []))
+
+
+def _device_names() -> list[str]:
+    gpus = tf.config.list_logical_devices("GPU")
+    return [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+
+
+def _local_devices() -> int:
+    return len(_device_names())
+
+
+def is_chief() -> bool:
+    """True on the worker that writes the run directory (worker 0, or the only one)."""
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    except json.JSONDecodeError:
+        return True
+    if task:
+        return task.get("type") in ("chief", None) or (
+            task.get("type") == "worker" and int(task.get("index", 0)) == 0
+        )
+    return int(os.environ.get("SLURM_PROCID", "0")) == 0

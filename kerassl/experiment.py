@@ -1,0 +1,271 @@
+"""One training run end to end: data → split → augment → pretrain → evaluate → run dir.
+
+This is the layer the CLIs (`kerassl.train`, `kerassl.tune`) call; it turns a
+`TrainConfig` into explicit constructor calls. It is the only library module that knows
+method names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerassl.config import TrainConfig
+from kerassl.data.augment import make_augmenter, save_augmentation_grid
+from kerassl.data.pipeline import pretrain_dataset
+from kerassl.data.sources import ImageData, load_dataset
+from kerassl.data.splits import Split, label_split, parse_labels
+from kerassl.distribute import is_chief, make_strategy
+from kerassl.errors import UserError
+from kerassl.evaluation.probes import KNNMonitor, extract_features, linear_probe
+from kerassl.models.encoders import build_encoder
+from kerassl.models.heads import build_head
+from kerassl.models.simclr import SimCLR
+from kerassl.optimizers import WarmupCosine, make_optimizer
+
+
+def _simclr(config: TrainConfig, encoder, head, augmenter) -> SimCLR:
+    return SimCLR(encoder, head, augmenter, temperature=config.temperature, name="simclr")
+
+
+# Method name → builder(config, encoder, head, augmenter) -> SSLModel.
+METHODS = {"simclr": _simclr}
+
+
+@dataclass
+class Prepared:
+    """What a run needs before training: the data, its split and the unlabeled pool."""
+
+    data: ImageData
+    split: Split
+    pool: np.ndarray  # uint8 images used for pretraining (never test images)
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    """Validates the config and loads data; every user error surfaces here, before any
+    file is written."""
+    config.validate()
+    if config.method not in METHODS:
+        raise UserError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
+    data = load_dataset(config.dataset, config.data_dir, config.image_size, config.download)
+    split = label_split(data.y_train, parse_labels(config.labels), config.seed, config.validation)
+    pool = data.x_train
+    if config.max_unlabeled and config.max_unlabeled < len(pool):
+        rng = np.random.default_rng(config.seed)
+        pool = pool[np.sort(rng.choice(len(pool), config.max_unlabeled, replace=False))]
+    if config.batch_size > len(pool):
+        raise UserError(
+            f"--batch-size {config.batch_size} is larger than the {len(pool)} unlabeled images "
+            f"of {config.dataset}; use at most {len(pool)}"
+        )
+    return Prepared(data, split, pool)
+
+
+def build_method(config: TrainConfig, input_shape, augment_preset: str, steps: int):
+    """Builds and compiles the SSL model in the current strategy scope."""
+    sync_bn = tf.distribute.get_strategy().num_replicas_in_sync > 1
+    encoder = build_encoder(config.encoder, input_shape, weights=config.weights, sync_bn=sync_bn)
+    head = build_head(
+        config.head,
+        encoder.output_shape[-1],
+        output_dim=config.projection_dim,
+        hidden_dim=config.hidden_dim,
+        sync_bn=sync_bn,
+    )
+    augmenter = make_augmenter(augment_preset, seed=config.seed)
+    model = METHODS[config.method](config, encoder, head, augmenter)
+    warmup = int(round(config.warmup_epochs * steps / max(config.epochs, 1)))
+    schedule = WarmupCosine(config.learning_rate, total_steps=steps, warmup_steps=warmup)
+    optimizer = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay)
+    # XLA does not compile cross-replica collectives on CPU devices; compile per replica only
+    # on a single device.
+    jit = config.jit_compile and tf.distribute.get_strategy().num_replicas_in_sync == 1
+    model.compile(optimizer=optimizer, jit_compile=jit)
+    return model
+
+
+def pretrain(config: TrainConfig, prepared: Prepared, run_dir: Path | None = None, verbose="auto"):
+    """Pretrains the configured method on the unlabeled pool; returns the SSL model."""
+    keras.utils.set_random_seed(config.seed)
+    data, split = prepared.data, prepared.split
+    strategy = make_strategy(config.strategy)
+    per_epoch = len(prepared.pool) // config.batch_size
+    steps_per_epoch = min(config.steps_per_epoch or per_epoch, per_epoch)
+    preset = config.augment or data.preset
+    with strategy.scope():
+        model = build_method(config, data.image_shape, preset, steps_per_epoch * config.epochs)
+    dataset = pretrain_dataset(prepared.pool, config.batch_size, seed=config.seed)
+    callbacks = []
+    if config.knn_every:
+        # kNN accuracy of the validation labels against the training labels: a label-free
+        # training signal users can watch (the test split stays unseen).
+        query = split.validation if len(split.validation) else split.labeled
+        callbacks.append(
+            KNNMonitor(
+                data.x_train[split.labeled],
+                data.y_train[split.labeled],
+                data.x_train[query],
+                data.y_train[query],
+                every=config.knn_every,
+            )
+        )
+    if run_dir is not None:
+        callbacks += [
+            keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints")),
+            keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
+            keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
+        ]
+    model.fit(
+        dataset.repeat(),
+        epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    return model
+
+
+def evaluate(config: TrainConfig, prepared: Prepared, encoder: keras.Model) -> tuple[dict, keras.Model]:
+    """Linear probe of the frozen encoder on all the labels of the split, scored once on
+    the whole test split. Returns metrics and the classifier (encoder + probe)."""
+    data, split = prepared.data, prepared.split
+    labeled = np.sort(np.concatenate([split.labeled, split.validation]))
+    train_features = extract_features(encoder, data.x_train[labeled])
+    test_features = extract_features(encoder, data.x_test)
+    result, dense = linear_probe(
+        train_features,
+        data.y_train[labeled],
+        test_features,
+        data.y_test,
+        num_classes=data.num_classes,
+        seed=config.seed,
+    )
+    inputs = keras.Input(data.image_shape, name="images")
+    classifier = keras.Model(inputs, dense(encoder(inputs, training=False)), name="classifier")
+    return {"linear_probe": dataclasses.asdict(result)}, classifier
+
+
+def new_run_dir(config: TrainConfig) -> Path:
+    """Creates `<out>/<method>-<dataset>-<timestamp>/`; UserError when not writable."""
+    dataset = config.dataset.replace(":", "-").replace("/", "_").strip("_-")[-40:]
+    name = config.run_name or f"{config.method}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = Path(config.out) / name
+    try:
+        path.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise UserError(f"run directory {path} already exists; choose another --run-name") from None
+    except OSError as error:
+        raise UserError(f"cannot create run directory under {config.out}: {error.strerror}") from None
+    return path
+
+
+def _write_json(path: Path, values) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(values, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def run(config: TrainConfig, verbose="auto") -> tuple[Path, dict]:
+    """The whole `kerassl train` job. Returns the run dir and the metrics.
+
+    A user error raised after the run dir was created removes it; metrics.json is
+    written last, so an interrupted run never looks finished.
+    """
+    prepared = prepare(config)
+    data = prepared.data
+    chief = is_chief()
+    run_dir = new_run_dir(config) if chief else None
+    try:
+        started = time.time()
+        if run_dir is not None:
+            _write_run_header(run_dir, config, prepared)
+        model = pretrain(config, prepared, run_dir, verbose=verbose)
+        pretrain_seconds = time.time() - started
+        metrics, classifier = evaluate(config, prepared, model.encoder)
+        metrics["pretrain_seconds"] = round(pretrain_seconds, 1)
+        metrics["pretrain_images_per_second"] = round(
+            config.epochs * (model.history.params.get("steps") or 0) * config.batch_size / pretrain_seconds, 1
+        )
+        if config.baseline != "none":
+            from kerassl.models.supervised import supervised_baseline
+
+            metrics["baseline"] = supervised_baseline(
+                data, prepared.split, model=config.baseline, epochs=config.baseline_epochs,
+                seed=config.seed,
+            )
+        metrics["dataset"] = {
+            "name": data.name,
+            "num_classes": data.num_classes,
+            "num_unlabeled": int(len(prepared.pool)),
+            "num_labeled": int(len(prepared.split.labeled) + len(prepared.split.validation)),
+            "num_test": int(len(data.x_test)),
+        }
+        if run_dir is not None:
+            model.encoder.save(run_dir / "encoder.keras")
+            classifier.save(run_dir / "classifier.keras")
+            (run_dir / "report.md").write_text(report(config, metrics))
+            _write_json(run_dir / "metrics.json", metrics)
+        return run_dir, metrics
+    except UserError:
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _write_run_header(run_dir: Path, config: TrainConfig, prepared: Prepared) -> None:
+    data = prepared.data
+    resolved = config.to_json() | {
+        "image_size": int(data.image_shape[0]),
+        "channels": int(data.image_shape[-1]),
+        "class_names": list(data.class_names),
+        "augment": config.augment or data.preset,
+        "source": data.source,
+        "versions": {
+            "kerassl": __import__("kerassl").__version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    _write_json(run_dir / "config.json", resolved)
+    _write_json(run_dir / "split.json", prepared.split.to_json(data.y_train, data.class_names))
+    augmenter = make_augmenter(config.augment or data.preset, seed=config.seed)
+    save_augmentation_grid(augmenter, prepared.pool[:8], str(run_dir / "augmentations.png"))
+
+
+def report(config: TrainConfig, metrics: dict) -> str:
+    """The run's Markdown summary."""
+    probe = metrics["linear_probe"]
+    lines = [
+        f"# {config.method} on {config.dataset}",
+        "",
+        f"{metrics['dataset']['num_labeled']} labels, {metrics['dataset']['num_unlabeled']} "
+        f"unlabeled images, {config.epochs} epochs of {config.encoder} + {config.head} head, "
+        f"{metrics['pretrain_seconds']} s of pretraining.",
+        "",
+        "| classifier | top-1 | top-5 |",
+        "|---|---|---|",
+        f"| {config.method} + linear probe | {_pct(probe['top1'])} | {_pct(probe.get('top5'))} |",
+    ]
+    if "baseline" in metrics:
+        base = metrics["baseline"]
+        lines.append(
+            f"| supervised {config.baseline} (same labels) | {_pct(base['top1'])} | {_pct(base.get('top5'))} |"
+        )
+    lines += ["", "Augmented pairs: ![augmentations](augmentations.png)", ""]
+    return "\n".join(lines)
+
+
+def _pct(value) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f} %"

@@ -1,0 +1,139 @@
+"""The shared shape of every self-supervised method: augmenter + encoder + head + train_step."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from kerassl.data.augment import Augmenter
+
+
+def num_replicas() -> int:
+    """Replicas taking part in the current step (1 outside a distribution strategy)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def all_gather(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Concatenates `x` from every replica along axis 0, in replica order.
+
+    Returns the global tensor and the offset of this replica's rows in it. Gradients flow
+    back to each replica's own rows (TensorFlow sums the incoming gradients across replicas
+    and slices), so a loss computed on the global batch trains every replica correctly.
+    Outside a strategy this is the identity with offset 0.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return x, tf.constant(0, tf.int32)
+    gathered = context.all_gather(x, axis=0)
+    offset = tf.cast(context.replica_id_in_sync_group, tf.int32) * tf.shape(x)[0]
+    return gathered, offset
+
+
+def update_momentum(source: keras.Model, target: keras.Model, momentum: float) -> None:
+    """Moving average θ_target ← m·θ_target + (1 − m)·θ_source over all weights.
+
+    Trainable weights and BatchNorm statistics alike (MoCo, BYOL). `source` and `target`
+    must have the same architecture.
+    """
+    for source_weight, target_weight in zip(source.weights, target.weights, strict=True):
+        target_weight.assign(momentum * target_weight + (1.0 - momentum) * source_weight)
+
+
+class SSLModel(keras.Model):
+    """Base class of the self-supervised methods.
+
+    A method owns an augmenter, an encoder and a projection head. Its `train_step` has
+    one shape for every method: unpack the images (labels ignored) → two augmented views
+    → under a tape, `compute_ssl_loss` (the method's paper, in a few lines) → gradients
+    on the trainable variables → `after_step` (e.g. MoCo's momentum update and enqueue) →
+    trackers. Subclasses implement `compute_ssl_loss` and add their constructor
+    arguments to `get_config`.
+
+    Under a distribution strategy `compute_ssl_loss` returns the loss of the *global*
+    batch (methods all-gather what they need); the step scales it by 1/replicas because
+    the optimizer sums gradients across replicas.
+
+    Args:
+        encoder: `keras.Model` mapping [0, 1] images to feature vectors.
+        head: `keras.Model` mapping features to the loss space.
+        augmenter: layer making one random view of a batch per call.
+    """
+
+    def __init__(self, encoder: keras.Model, head: keras.Model, augmenter: Augmenter, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.head = head
+        self.augmenter = augmenter
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(
+            name="contrastive_accuracy"
+        )
+
+    @property
+    def metrics(self):
+        trackers = [self.loss_tracker]
+        if self.reports_accuracy:
+            trackers.append(self.accuracy_tracker)
+        return trackers
+
+    # Methods whose loss is a classification of the positive pair report its top-1 accuracy.
+    reports_accuracy = True
+
+    def call(self, images, training=False):
+        """Embeds images with the encoder (what downstream tasks use)."""
+        return self.encoder(images, training=training)
+
+    def project(self, views, training=True):
+        """Encoder then head: the embeddings the loss sees."""
+        return self.head(self.encoder(views, training=training), training=training)
+
+    def compute_ssl_loss(self, view1, view2, training=True):
+        """Returns `(loss, logits, labels)` of the global batch; logits/labels may be None."""
+        raise NotImplementedError
+
+    def after_step(self):
+        """Runs after the gradient update (momentum encoders, queues)."""
+
+    def train_step(self, data):
+        images = data[0] if isinstance(data, (tuple, list)) else data
+        view1 = self.augmenter(images, training=True)
+        view2 = self.augmenter(images, training=True)
+        with tf.GradientTape() as tape:
+            loss, logits, labels = self.compute_ssl_loss(view1, view2)
+            scaled_loss = loss / num_replicas()
+        variables = self.trainable_variables
+        gradients = tape.gradient(scaled_loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        self.after_step()
+        self.loss_tracker.update_state(loss)
+        if self.reports_accuracy and logits is not None:
+            self.accuracy_tracker.update_state(labels, logits)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        images = data[0] if isinstance(data, (tuple, list)) else data
+        view1 = self.augmenter(images, training=True)
+        view2 = self.augmenter(images, training=True)
+        loss, logits, labels = self.compute_ssl_loss(view1, view2, training=False)
+        self.loss_tracker.update_state(loss)
+        if self.reports_accuracy and logits is not None:
+            self.accuracy_tracker.update_state(labels, logits)
+        return {m.name: m.result() for m in self.metrics}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "encoder": keras.saving.serialize_keras_object(self.encoder),
+                "head": keras.saving.serialize_keras_object(self.head),
+                "augmenter": keras.saving.serialize_keras_object(self.augmenter),
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "head", "augmenter"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
