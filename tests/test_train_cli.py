@@ -1,0 +1,79 @@
+"""The training CLI end to end, and its answers to bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from kerassl.train import main
+
+
+def test_simclr_on_digits_end_to_end(tmp_path):
+    cmd = [
+        sys.executable, "-m", "kerassl.train", "simclr", "--dataset", "digits",
+        "--epochs", "2", "--batch-size", "64", "--labels", "50", "--baseline-epochs", "5",
+        "--out", str(tmp_path), "--run-name", "run", "--quiet",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "simclr + linear probe: top-1" in done.stdout
+    assert "supervised cnn baseline: top-1" in done.stdout
+    run = tmp_path / "run"
+    for name in ["config.json", "split.json", "history.csv", "encoder.keras", "classifier.keras",
+                 "metrics.json", "report.md", "augmentations.png"]:
+        assert (run / name).is_file(), name
+    assert any((run / "logs").iterdir())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["linear_probe"]["top1"] > 0.3  # 10 classes: chance is 0.1
+    assert 0.0 <= metrics["baseline"]["top1"] <= 1.0
+    assert metrics["dataset"]["num_labeled"] == 50
+    config = json.loads((run / "config.json").read_text())
+    assert config["class_names"] and config["image_size"] == 16 and config["channels"] == 1
+    split = json.loads((run / "split.json").read_text())
+    assert split  # the exact labeled indices are recorded
+    assert (run / "history.csv").read_text().count("\n") == 3  # header + 2 epochs
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["simsiam", "--dataset", "digits"], "unknown method 'simsiam'"),
+        (["simclr", "--dataset", "no_such_dataset_xyz"], "no_such_dataset_xyz"),
+        (["simclr", "--dataset", "digits", "--labels", "1500"], "digits"),
+        (["simclr", "--dataset", "digits", "--batch-size", "100000"], "--batch-size 100000"),
+        (["simclr", "--dataset", "digits", "--epochs", "0"], "--epochs"),
+        (["simclr", "--dataset", "digits", "--encoder", "vgg"], "unknown encoder"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    code = main([*argv, "--out", str(tmp_path / "runs"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("kerassl: error:") and "\n" not in err and message in err, err
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_missing_local_data_offline_says_how_to_get_it(tmp_path, capsys):
+    code = main(["simclr", "--dataset", "mnist", "--data-dir", str(tmp_path), "--offline",
+                 "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "--data-dir" in err  # tells the user where to put the files
+
+
+def test_unwritable_output_dir(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code = main(["simclr", "--dataset", "digits", "--out", str(blocker / "runs"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot create run directory" in err and "\n" not in err
+
+
+def test_argparse_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simclr", "--epochs", "many"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kerassl: error:") and "\n" not in err
