@@ -1,0 +1,425 @@
+"""Export a finished run as a SavedModel in TensorFlow Serving's layout.
+
+TF Serving reads `<base>/<model_name>/<version>/saved_model.pb` (+ `variables/`) and, with
+`--model_config_file`, a `models.config` listing every model. `export_run` writes one
+version of one model there and rewrites `<base>/models.config`.
+
+The SavedModel is self-contained: decoding, channel conversion, resizing and scaling are
+TensorFlow ops inside its graph, so it loads with `tf.saved_model.load` alone (no kerassl
+import, no custom objects) and TF Serving can run it. Signatures:
+
+- `serving_default`: `image_bytes` (string [N]: PNG/JPEG/GIF/BMP bytes; `{"b64": ...}` over
+  REST) → `probabilities` (float32 [N, C]), `classes` (int32 [N, k], top-k class ids, most
+  probable first), `class_names` (string [N, k]).
+- `predict_images`: `images` (float32 [N, H, W, 1..4], pixel values in [0, 255], i.e. a
+  uint8 image as float; any size) → the same three outputs. From Python, the loaded
+  object's `predict_images` attribute also accepts a uint8 tensor.
+- `embed`: `image_bytes` → `embeddings` (float32 [N, D]) from the run's encoder.
+
+kerassl-specific metadata (class names, image size, channels, run dir, metrics) goes to
+`assets.extra/kerassl.json`, a directory TF Serving ignores.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from kerassl.errors import UserError
+
+SERVING_DEFAULT = "serving_default"
+PREDICT_IMAGES = "predict_images"
+EMBED = "embed"
+BYTES_INPUT = "image_bytes"
+IMAGES_INPUT = "images"
+METADATA_FILE = Path("assets.extra") / "kerassl.json"
+MODELS_CONFIG = "models.config"
+
+# ITU-R 601-2 luma weights, the ones tf.image.rgb_to_grayscale and PIL's "L" mode use.
+GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the exporter needs from a run directory's `config.json`."""
+
+    run_dir: Path
+    image_size: int
+    channels: int
+    class_names: tuple[str, ...]
+    method: str
+    dataset: str
+
+
+def read_run_dir(run_dir: str | Path) -> RunInfo:
+    """Reads and checks a finished run directory (see ARCHITECTURE.md).
+
+    Raises:
+        UserError: the directory is missing, unfinished (no `metrics.json`), has no
+            `classifier.keras`, or its `config.json` lacks a needed field.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {str(run_dir)!r} does not exist")
+    if not (run_dir / "metrics.json").is_file():
+        raise UserError(
+            f"run directory {str(run_dir)!r} has no metrics.json: the run is unfinished; "
+            "export a run that completed"
+        )
+    if not (run_dir / "classifier.keras").is_file():
+        raise UserError(
+            f"run directory {str(run_dir)!r} has no classifier.keras: only runs that "
+            "trained a classifier can be exported"
+        )
+    config_path = run_dir / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"run directory {str(run_dir)!r} has no config.json") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"{config_path} is not valid JSON: {error}") from None
+    missing = [key for key in ("image_size", "channels", "class_names") if key not in config]
+    if missing:
+        raise UserError(f"{config_path} lacks {', '.join(missing)}")
+    image_size, channels = config["image_size"], config["channels"]
+    if not isinstance(image_size, int) or image_size < 1:
+        raise UserError(f"{config_path}: image_size must be a positive int, got {image_size!r}")
+    if channels not in (1, 3):
+        raise UserError(f"{config_path}: channels must be 1 or 3, got {channels!r}")
+    class_names = config["class_names"]
+    if not isinstance(class_names, list) or len(class_names) < 2:
+        raise UserError(f"{config_path}: class_names must list at least 2 names")
+    return RunInfo(
+        run_dir=run_dir.resolve(),
+        image_size=image_size,
+        channels=channels,
+        class_names=tuple(str(name) for name in class_names),
+        method=str(config.get("method", "unknown")),
+        dataset=str(config.get("dataset", "unknown")),
+    )
+
+
+def load_run_models(run_dir: str | Path):
+    """Loads `(classifier, encoder)` from a run directory; `encoder` may be None.
+
+    kerassl's custom layers are registered first by importing `kerassl.models` (skipped
+    when that package cannot be imported yet).
+    """
+    import keras
+
+    try:
+        import kerassl.models  # noqa: F401  (registers kerassl's serializable layers)
+    except ImportError:
+        pass
+    run_dir = Path(run_dir)
+    classifier = keras.saving.load_model(run_dir / "classifier.keras", compile=False)
+    encoder_path = run_dir / "encoder.keras"
+    encoder = (
+        keras.saving.load_model(encoder_path, compile=False) if encoder_path.is_file() else None
+    )
+    return classifier, encoder
+
+
+def _embedding_model(classifier, encoder):
+    """The model behind `embed`: the run's encoder, sharing the classifier's copy if equal.
+
+    When the classifier contains a sub-model with exactly the encoder's weights (a linear
+    probe on a frozen encoder), that sub-model is used so the SavedModel stores the encoder
+    once. Without `encoder.keras`, the classifier's input to its last layer is used.
+    """
+    import keras
+
+    if encoder is None:
+        return keras.Model(classifier.inputs, classifier.layers[-1].input, name="embedder")
+    reference = encoder.get_weights()
+    for layer in classifier.layers:
+        if not isinstance(layer, keras.Model) or len(layer.weights) != len(reference):
+            continue
+        weights = layer.get_weights()
+        if all(
+            a.shape == b.shape and np.array_equal(a, b)
+            for a, b in zip(weights, reference, strict=True)
+        ):
+            return layer
+    return encoder
+
+
+def to_channels(images: tf.Tensor, channels: int) -> tf.Tensor:
+    """Converts float images [..., H, W, c] with c in 1..4 to `channels` (1 or 3).
+
+    Alpha (2nd of 2 or 4th of 4 channels) is dropped; RGB → gray uses `GRAY_WEIGHTS`;
+    gray → RGB repeats the channel. An input that already has `channels` passes unchanged.
+    """
+    count = tf.shape(images)[-1]
+    tf.debugging.assert_less_equal(count, 4, message="images must have 1 to 4 channels")
+    images = tf.cond(tf.equal(count % 2, 0), lambda: images[..., :-1], lambda: images)
+    is_gray = tf.equal(tf.shape(images)[-1], 1)
+    if channels == 1:
+        weights = tf.constant(GRAY_WEIGHTS, tf.float32)
+        images = tf.cond(
+            is_gray,
+            lambda: images,
+            lambda: tf.reduce_sum(images[..., :3] * weights, axis=-1, keepdims=True),
+        )
+    else:
+        images = tf.cond(is_gray, lambda: tf.repeat(images, 3, axis=-1), lambda: images[..., :3])
+    return tf.ensure_shape(images, [None] * (images.shape.rank - 1) + [channels])
+
+
+def to_model_input(images: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
+    """Pixel values in [0, 255] (any size, 1..4 channels) → float32 [..., S, S, channels] in [0, 1].
+
+    Resizing (bilinear, antialiased) happens only when the size differs, so images already
+    at `image_size` reach the model bit-identical to `uint8 / 255`.
+    """
+    images = to_channels(tf.cast(images, tf.float32), channels)
+    shape = tf.shape(images)
+    same_size = tf.logical_and(tf.equal(shape[-3], image_size), tf.equal(shape[-2], image_size))
+    images = tf.cond(
+        same_size,
+        lambda: images,
+        lambda: tf.image.resize(images, [image_size, image_size], antialias=True),
+    )
+    images = tf.clip_by_value(images / 255.0, 0.0, 1.0)
+    return tf.ensure_shape(
+        images, [None] * (images.shape.rank - 3) + [image_size, image_size, channels]
+    )
+
+
+def decode_images(image_bytes: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
+    """Encoded images (string [N]) → float32 [N, image_size, image_size, channels] in [0, 1]."""
+
+    def decode_one(data):
+        image = tf.io.decode_image(data, channels=0, dtype=tf.uint8, expand_animations=False)
+        return to_model_input(image, image_size, channels)
+
+    return tf.map_fn(
+        decode_one,
+        image_bytes,
+        fn_output_signature=tf.TensorSpec([image_size, image_size, channels], tf.float32),
+    )
+
+
+class ServingModule(tf.Module):
+    """The exported object: the run's Keras models plus in-graph preprocessing.
+
+    Args:
+        classifier: Keras model, [0, 1] images → softmax probabilities [N, C].
+        embedder: Keras model, [0, 1] images → embeddings [N, D].
+        image_size: int, side of the square model input.
+        channels: int, 1 or 3.
+        class_names: sequence of C class names.
+        top_k: int, number of class ids/names returned per image (clamped to C).
+    """
+
+    def __init__(self, classifier, embedder, image_size, channels, class_names, top_k=5):
+        super().__init__(name="kerassl_serving")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1. Received: top_k={top_k}")
+        self.classifier = classifier
+        self.embedder = embedder
+        self.image_size = int(image_size)
+        self.channels = int(channels)
+        self.top_k = min(int(top_k), len(class_names))
+        self._class_names = list(class_names)
+        bytes_spec = tf.TensorSpec([None], tf.string, name=BYTES_INPUT)
+        self.serving_default = tf.function(self._serve_bytes, input_signature=[bytes_spec])
+        self.embed = tf.function(self._embed_bytes, input_signature=[bytes_spec])
+        self.predict_images = tf.function(self._serve_images)
+        self.predict_images_float = self.predict_images.get_concrete_function(
+            tf.TensorSpec([None, None, None, None], tf.float32, name=IMAGES_INPUT)
+        )
+        self.predict_images.get_concrete_function(
+            tf.TensorSpec([None, None, None, None], tf.uint8, name=IMAGES_INPUT)
+        )
+
+    def _classify(self, images):
+        probabilities = tf.cast(self.classifier(images, training=False), tf.float32)
+        classes = tf.math.top_k(probabilities, k=self.top_k).indices
+        names = tf.gather(tf.constant(self._class_names), classes)
+        return {"probabilities": probabilities, "classes": classes, "class_names": names}
+
+    def _serve_bytes(self, image_bytes):
+        return self._classify(decode_images(image_bytes, self.image_size, self.channels))
+
+    def _serve_images(self, images):
+        return self._classify(to_model_input(images, self.image_size, self.channels))
+
+    def _embed_bytes(self, image_bytes):
+        images = decode_images(image_bytes, self.image_size, self.channels)
+        return {"embeddings": tf.cast(self.embedder(images, training=False), tf.float32)}
+
+    def signatures(self) -> dict:
+        """The SavedModel signatures, keyed by signature name."""
+        return {
+            SERVING_DEFAULT: self.serving_default.get_concrete_function(),
+            PREDICT_IMAGES: self.predict_images_float,
+            EMBED: self.embed.get_concrete_function(),
+        }
+
+
+def check_model_name(name: str) -> str:
+    """Returns `name` if it is usable in a URL path and a directory name, else UserError."""
+    if not _NAME_PATTERN.match(name or ""):
+        raise UserError(
+            f"model name {name!r} is not accepted: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def existing_versions(model_dir: str | Path) -> list[int]:
+    """Version numbers of the SavedModels under `model_dir` (numeric subdirectories)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(
+        int(child.name)
+        for child in model_dir.iterdir()
+        if child.name.isdigit() and (child / "saved_model.pb").is_file()
+    )
+
+
+def _next_free_version(model_dir: Path) -> int:
+    numbers = [int(child.name) for child in model_dir.iterdir() if child.name.isdigit()]
+    return max(numbers, default=0) + 1
+
+
+def write_models_config(out_dir: str | Path, base_path: str = "/models") -> Path:
+    """Rewrites `<out_dir>/models.config` (TF Serving's ModelServerConfig text format).
+
+    Every `<out_dir>/<name>/` holding at least one numeric version is listed, with
+    `base_path: "<base_path>/<name>"` (where the directory is mounted inside the serving
+    container) and a policy serving all versions, as `kerassl serve` does.
+    """
+    out_dir = Path(out_dir)
+    names = sorted(
+        child.name
+        for child in out_dir.iterdir()
+        if child.is_dir() and _NAME_PATTERN.match(child.name) and existing_versions(child)
+    )
+    lines = ["model_config_list {"]
+    for name in names:
+        lines += [
+            "  config {",
+            f'    name: "{name}"',
+            f'    base_path: "{base_path.rstrip("/")}/{name}"',
+            '    model_platform: "tensorflow"',
+            "    model_version_policy { all {} }",
+            "  }",
+        ]
+    lines.append("}")
+    path = out_dir / MODELS_CONFIG
+    temporary = path.with_name(f".{MODELS_CONFIG}.{os.getpid()}")
+    temporary.write_text("\n".join(lines) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def export_run(
+    run_dir: str | Path,
+    name: str,
+    out_dir: str | Path,
+    version: int | None = None,
+    top_k: int = 5,
+    config_base_path: str = "/models",
+) -> Path:
+    """Exports a run's classifier (and encoder) to `<out_dir>/<name>/<version>/`.
+
+    The SavedModel is written to a hidden temporary directory and renamed into place, so
+    a server polling `out_dir` never sees half a model.
+
+    Args:
+        run_dir: a finished run directory.
+        name: model name (the `{name}` of `/v1/models/{name}`).
+        out_dir: TF Serving base directory; created if needed.
+        version: version number; default one more than the highest existing version.
+        top_k: class ids/names returned per image.
+        config_base_path: where `out_dir` is mounted for TF Serving (for models.config).
+
+    Returns:
+        The version directory written.
+    """
+    info = read_run_dir(run_dir)
+    check_model_name(name)
+    if version is not None and version < 1:
+        raise UserError(f"--version must be a positive integer, got {version}")
+    if top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {top_k}")
+    model_dir = Path(out_dir) / name
+    if version is not None and (model_dir / str(version)).exists():
+        raise UserError(
+            f"{model_dir / str(version)} already exists; pick another --version or omit it "
+            "to use the next free number"
+        )
+    model_dir.mkdir(parents=True, exist_ok=True)
+
+    classifier, encoder = load_run_models(info.run_dir)
+    module = ServingModule(
+        classifier,
+        _embedding_model(classifier, encoder),
+        info.image_size,
+        info.channels,
+        info.class_names,
+        top_k=top_k,
+    )
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
+    try:
+        tf.saved_model.save(module, str(staging), signatures=module.signatures())
+        metadata = {
+            "name": name,
+            "run_dir": str(info.run_dir),
+            "method": info.method,
+            "dataset": info.dataset,
+            "image_size": info.image_size,
+            "channels": info.channels,
+            "class_names": list(info.class_names),
+            "top_k": module.top_k,
+            "signatures": [SERVING_DEFAULT, PREDICT_IMAGES, EMBED],
+            "metrics": _read_json_or_none(info.run_dir / "metrics.json"),
+            "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "tensorflow_version": tf.__version__,
+        }
+        (staging / METADATA_FILE).parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            number = version if version is not None else _next_free_version(model_dir)
+            metadata["version"] = number
+            (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+            try:
+                os.rename(staging, model_dir / str(number))
+                break
+            except OSError:
+                if version is not None or not (model_dir / str(number)).exists():
+                    raise
+                # Another export took this number meanwhile: take the next one.
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    write_models_config(out_dir, base_path=config_base_path)
+    return model_dir / str(number)
+
+
+def _read_json_or_none(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def read_export_metadata(version_dir: str | Path) -> dict:
+    """Reads `assets.extra/kerassl.json` of an exported version ({} when absent)."""
+    path = Path(version_dir) / METADATA_FILE
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())

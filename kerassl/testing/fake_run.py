@@ -1,0 +1,155 @@
+"""A small but real run directory, for tests of code that reads what `kerassl train` writes.
+
+`make_run_dir` builds a tiny convolutional encoder and a softmax head in plain Keras (no
+kerassl layers, so it does not depend on training code), gives every weight — including
+BatchNormalization's moving statistics — seeded non-trivial values, and saves the files of
+the run directory contract (ARCHITECTURE.md): `config.json`, `encoder.keras`,
+`classifier.keras`, `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+def build_fake_models(image_size: int = 16, channels: int = 1, num_classes: int = 3, seed: int = 0):
+    """Builds a seeded `(encoder, classifier)` pair; the classifier is encoder + Dense softmax.
+
+    Args:
+        image_size: int, height and width of the [0, 1] float input images.
+        channels: int, 1 or 3.
+        num_classes: int, width of the softmax output.
+        seed: int, seeds every initializer and the BatchNormalization statistics.
+
+    Returns:
+        `(encoder, classifier)` Keras functional models.
+    """
+    import keras
+    from keras import layers
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3. Received: channels={channels}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2. Received: num_classes={num_classes}")
+
+    def init(offset: int):
+        return keras.initializers.GlorotUniform(seed=seed * 100 + offset)
+
+    inputs = keras.Input((image_size, image_size, channels), name="images")
+    x = layers.Conv2D(8, 3, padding="same", use_bias=False, kernel_initializer=init(1))(inputs)
+    x = layers.BatchNormalization(momentum=0.9)(x)
+    x = layers.ReLU()(x)
+    x = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, kernel_initializer=init(2))(
+        x
+    )
+    x = layers.BatchNormalization(momentum=0.9)(x)
+    x = layers.ReLU()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    encoder = keras.Model(inputs, x, name="encoder")
+
+    # Give BatchNormalization non-default statistics so that an export that lost the
+    # non-trainable variables would produce different outputs.
+    rng = np.random.default_rng(seed)
+    for layer in encoder.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            width = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, width).astype("float32"))
+            layer.beta.assign(rng.normal(0.0, 0.1, width).astype("float32"))
+            layer.moving_mean.assign(rng.normal(0.0, 0.2, width).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.2, 2.0, width).astype("float32"))
+
+    class_inputs = keras.Input((image_size, image_size, channels), name="images")
+    probabilities = layers.Dense(
+        num_classes,
+        activation="softmax",
+        kernel_initializer=init(3),
+        bias_initializer=keras.initializers.RandomNormal(stddev=0.1, seed=seed * 100 + 4),
+        name="probe",
+    )(encoder(class_inputs))
+    classifier = keras.Model(class_inputs, probabilities, name="classifier")
+    return encoder, classifier
+
+
+def make_run_dir(
+    path: str | Path,
+    image_size: int = 16,
+    channels: int = 1,
+    num_classes: int = 3,
+    seed: int = 0,
+    class_names: list[str] | None = None,
+) -> Path:
+    """Writes a finished run directory with a small real (untrained) network.
+
+    Args:
+        path: directory to create (parents included); existing files are overwritten.
+        image_size: int, side of the square input images.
+        channels: int, 1 or 3.
+        num_classes: int, number of classes.
+        seed: int, seeds the weights and the synthetic test images.
+        class_names: optional names; default Fashion-MNIST's names (then `class_<i>`).
+
+    Returns:
+        The run directory as a `Path`.
+
+    Example:
+        >>> run_dir = make_run_dir(tmp_path / "run", image_size=16, num_classes=3)
+        >>> sorted(p.name for p in run_dir.iterdir())[:2]
+        ['classifier.keras', 'config.json']
+    """
+    import keras
+
+    run_dir = Path(path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if class_names is None:
+        class_names = [
+            FASHION_MNIST_CLASSES[i] if i < len(FASHION_MNIST_CLASSES) else f"class_{i}"
+            for i in range(num_classes)
+        ]
+    if len(class_names) != num_classes:
+        raise ValueError(
+            f"class_names must have num_classes={num_classes} names. "
+            f"Received: {len(class_names)} names"
+        )
+    encoder, classifier = build_fake_models(image_size, channels, num_classes, seed)
+    config = {
+        "method": "fake",
+        "dataset": "synthetic",
+        "image_size": image_size,
+        "channels": channels,
+        "class_names": list(class_names),
+        "seed": seed,
+        "versions": {"keras": keras.__version__},
+    }
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    encoder.save(run_dir / "encoder.keras")
+    classifier.save(run_dir / "classifier.keras")
+
+    # metrics.json is written last, as `kerassl train` does; its numbers are the untrained
+    # network's real accuracy on seeded random images with random labels.
+    rng = np.random.default_rng(seed + 1)
+    x_test = rng.random((16, image_size, image_size, channels), dtype=np.float32)
+    y_test = rng.integers(0, num_classes, 16)
+    predicted = np.argmax(classifier.predict(x_test, verbose=0), axis=-1)
+    metrics = {
+        "note": "kerassl.testing.fake_run fixture: untrained network on random images",
+        "test_accuracy": float(np.mean(predicted == y_test)),
+        "num_test": int(len(y_test)),
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return run_dir
