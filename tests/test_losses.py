@@ -1,0 +1,290 @@
+"""Losses against plain NumPy transcriptions of the papers, analytic cases, invariances."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kerassl.losses import (
+    BarlowTwinsLoss,
+    InfoNCE,
+    NTXent,
+    barlow_twins,
+    barlow_twins_from_correlation,
+    batch_moments,
+    cross_correlation,
+    cross_correlation_from_moments,
+    info_nce,
+    nt_xent,
+)
+
+# ---------------------------------------------------------------- NumPy transcriptions
+
+
+def np_nt_xent_per_anchor(z1, z2, tau):
+    """SimCLR eq. (1), one anchor at a time: ℓ(i, j) over the 2N views, anchors [z1; z2]."""
+    z = np.concatenate([z1, z2]).astype(np.float64)
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    two_n = len(z)
+    n = two_n // 2
+    losses = []
+    for i in range(two_n):
+        j = (i + n) % two_n  # the other view of image i
+        numerator = np.exp(z[i] @ z[j] / tau)
+        denominator = sum(np.exp(z[i] @ z[k] / tau) for k in range(two_n) if k != i)
+        losses.append(-np.log(numerator / denominator))
+    return np.array(losses)
+
+
+def np_info_nce(q, k, queue, tau):
+    """MoCo eq. (1), one query at a time."""
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    k = k / np.linalg.norm(k, axis=1, keepdims=True)
+    losses = []
+    for qi, ki in zip(q, k, strict=True):
+        positive = np.exp(qi @ ki / tau)
+        negatives = sum(np.exp(qi @ kj / tau) for kj in queue)
+        losses.append(-np.log(positive / (positive + negatives)))
+    return np.mean(losses)
+
+
+def np_barlow_twins(z_a, z_b, lambd, eps):
+    """Algorithm 1 of Barlow Twins, with the official code's BatchNorm1d normalisation
+    (biased variance + eps); returns (loss, c)."""
+    n, d = z_a.shape
+    z_a_norm = (z_a - z_a.mean(0)) / np.sqrt(z_a.var(0) + eps)
+    z_b_norm = (z_b - z_b.mean(0)) / np.sqrt(z_b.var(0) + eps)
+    c = z_a_norm.T @ z_b_norm / n
+    loss = 0.0
+    for i in range(d):
+        for j in range(d):
+            loss += (1 - c[i, j]) ** 2 if i == j else lambd * c[i, j] ** 2
+    return loss, c
+
+
+def randn(seed, *shape):
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+# ---------------------------------------------------------------- NT-Xent
+
+
+@pytest.mark.parametrize("n, d, tau", [(2, 3, 0.5), (5, 8, 0.1), (8, 4, 1.0), (16, 32, 0.2)])
+def test_nt_xent_matches_paper_transcription(n, d, tau):
+    z1, z2 = randn(n, n, d), randn(n + 100, n, d)
+    loss, logits, labels = nt_xent(z1, z2, tau)
+    expected = np_nt_xent_per_anchor(z1, z2, tau).mean()
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    assert logits.shape == (2 * n, 2 * n)
+    np.testing.assert_array_equal(np.asarray(labels), np.r_[np.arange(n) + n, np.arange(n)])
+
+
+@pytest.mark.parametrize("n, tau", [(2, 0.5), (4, 0.1), (7, 1.0)])
+def test_nt_xent_identical_one_hot_views_closed_form(n, tau):
+    # N pairs of identical one-hot vectors e_i: positive similarity 1, all 2N-2 negatives 0.
+    z = np.eye(n, n + 2, dtype=np.float32) * 3.0  # scale must not matter (cosine similarity)
+    loss, logits, labels = nt_xent(z, z, tau)
+    expected = -np.log(np.exp(1 / tau) / (np.exp(1 / tau) + 2 * n - 2))
+    # atol: at small τ the loss is ~1e-4..1e-6, below float32 resolution of logits ~1/τ.
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5, atol=2e-6)
+    # The positive is ranked first for every anchor: contrastive accuracy 1.
+    np.testing.assert_array_equal(np.argmax(np.asarray(logits), axis=1), np.asarray(labels))
+
+
+@pytest.mark.parametrize("replicas, n", [(2, 4), (3, 3)])
+def test_nt_xent_global_negatives_equal_the_restricted_global_loss(replicas, n):
+    tau = 0.3
+    g = replicas * n
+    z1_global, z2_global = randn(1, g, 6), randn(2, g, 6)
+    per_anchor = np_nt_xent_per_anchor(z1_global, z2_global, tau)  # [2G]
+    replica_losses = []
+    for replica in range(replicas):
+        rows = np.arange(replica * n, (replica + 1) * n)
+        loss, logits, labels = nt_xent(
+            z1_global[rows],
+            z2_global[rows],
+            tau,
+            z1_negatives=z1_global,
+            z2_negatives=z2_global,
+            offset=tf.constant(replica * n),
+        )
+        expected = np.r_[per_anchor[rows], per_anchor[rows + g]].mean()
+        np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+        assert logits.shape == (2 * n, 2 * g)
+        np.testing.assert_array_equal(np.asarray(labels), np.r_[rows + g, rows])
+        replica_losses.append(float(loss))
+    single_device, _, _ = nt_xent(z1_global, z2_global, tau)
+    np.testing.assert_allclose(np.mean(replica_losses), float(single_device), rtol=1e-5)
+
+
+def test_nt_xent_gradients_are_finite_even_for_degenerate_inputs():
+    z1 = tf.Variable(np.r_[randn(0, 3, 4), np.zeros((1, 4), np.float32)])  # a zero vector
+    z2 = tf.Variable(z1.numpy())  # identical views
+    with tf.GradientTape() as tape:
+        loss, _, _ = nt_xent(z1, z2, 0.05)
+    grads = tape.gradient(loss, [z1, z2])
+    assert np.isfinite(float(loss))
+    assert all(np.isfinite(g.numpy()).all() for g in grads)
+    assert np.abs(grads[0].numpy()[:3]).sum() > 0
+
+
+def test_nt_xent_rejects_bad_arguments():
+    z = randn(0, 4, 3)
+    with pytest.raises(ValueError, match=r"temperature must be > 0. Received: temperature=0"):
+        nt_xent(z, z, 0)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        NTXent(temperature=-0.1)
+    with pytest.raises(ValueError, match="given together"):
+        nt_xent(z, z, 0.5, z1_negatives=z)
+
+
+# ---------------------------------------------------------------- InfoNCE
+
+
+@pytest.mark.parametrize("n, d, k, tau", [(2, 4, 3, 0.2), (6, 8, 16, 0.07), (4, 16, 1, 1.0)])
+def test_info_nce_matches_paper_transcription(n, d, k, tau):
+    q, key = randn(n, n, d), randn(n + 1, n, d)
+    queue = randn(k, k, d)
+    queue /= np.linalg.norm(queue, axis=1, keepdims=True)
+    loss, logits, labels = info_nce(q, key, queue, tau)
+    np.testing.assert_allclose(float(loss), np_info_nce(q, key, queue, tau), rtol=1e-5)
+    assert logits.shape == (n, 1 + k)
+    np.testing.assert_array_equal(np.asarray(labels), np.zeros(n))
+
+
+@pytest.mark.parametrize("k, tau", [(1, 0.2), (5, 0.07), (9, 0.5)])
+def test_info_nce_orthogonal_queue_closed_form(k, tau):
+    q = np.zeros((3, k + 1), np.float32)
+    q[:, 0] = 2.0  # q == k, unnormalised on purpose
+    queue = np.eye(k + 1, dtype=np.float32)[1:]  # K unit keys orthogonal to q
+    loss, _, _ = info_nce(q, q, queue, tau)
+    expected = -np.log(np.exp(1 / tau) / (np.exp(1 / tau) + k))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5, atol=2e-6)  # float32 at 1/τ
+
+
+def test_info_nce_keys_and_queue_get_no_gradient():
+    q, key, queue = (tf.Variable(randn(s, 4, 5)) for s in (0, 1, 2))
+    with tf.GradientTape() as tape:
+        loss, _, _ = info_nce(q, key, queue, 0.2)
+    grad_q, grad_key, grad_queue = tape.gradient(loss, [q, key, queue])
+    assert np.isfinite(grad_q.numpy()).all() and np.abs(grad_q.numpy()).sum() > 0
+    assert grad_key is None and grad_queue is None
+
+
+# ---------------------------------------------------------------- Barlow Twins
+
+
+@pytest.mark.parametrize(
+    "n, d, lambd, eps",
+    [(2, 3, 5e-3, 1e-5), (8, 4, 0.1, 1e-5), (16, 16, 5e-3, 1e-3), (5, 7, 1.0, 0)],
+)
+def test_barlow_twins_matches_algorithm_1(n, d, lambd, eps):
+    z1, z2 = randn(n, n, d), randn(n + 7, n, d) + 3.0
+    loss, c = barlow_twins(z1, z2, lambd, eps)
+    expected_loss, expected_c = np_barlow_twins(z1.astype(np.float64), z2, lambd, eps)
+    np.testing.assert_allclose(np.asarray(c), expected_c, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(loss), expected_loss, rtol=1e-5)
+
+
+def test_barlow_twins_is_invariant_to_per_dimension_affine_maps():
+    z1, z2 = randn(0, 12, 5), randn(1, 12, 5)
+    rng = np.random.default_rng(3)
+    a, b = rng.uniform(0.2, 5.0, 5).astype(np.float32), rng.normal(0, 10, 5).astype(np.float32)
+    reference, _ = barlow_twins(z1, z2, 0.05, epsilon=1e-9)
+    for affine_z1, affine_z2 in [(a * z1 + b, z2), (z1, a * z2 + b), (a * z1, z2 - b)]:
+        loss, _ = barlow_twins(affine_z1, affine_z2, 0.05, epsilon=1e-9)
+        np.testing.assert_allclose(float(loss), float(reference), rtol=1e-4)
+    # Swapping the views transposes C and leaves the loss unchanged.
+    _, c = barlow_twins(z1, z2)
+    _, c_swapped = barlow_twins(z2, z1)
+    np.testing.assert_allclose(np.asarray(c_swapped), np.asarray(c).T, atol=1e-6)
+
+
+def test_barlow_twins_is_zero_for_identical_whitened_inputs():
+    n, d = 16, 6
+    centred = randn(0, n, d) - randn(0, n, d).mean(0)
+    q, _ = np.linalg.qr(centred)  # orthonormal columns orthogonal to the ones vector
+    z = (np.sqrt(n) * q).astype(np.float32)  # mean 0, biased variance 1, decorrelated
+    loss, c = barlow_twins(z, z, lambda_=1.0)
+    np.testing.assert_allclose(np.asarray(c), np.eye(d), atol=1e-5)
+    assert float(loss) < 1e-8
+    # Independent noise as the second view is far from that optimum.
+    assert float(barlow_twins(z, randn(1, n, d), lambda_=1.0)[0]) > 1.0
+
+
+def test_cross_correlation_from_moments_sums_to_the_global_matrix():
+    z1, z2 = randn(0, 12, 4), randn(1, 12, 4)
+    mean1, var1 = batch_moments(z1)
+    mean2, var2 = batch_moments(z2)
+    partial = [
+        cross_correlation_from_moments(z1[r], z2[r], mean1, var1, mean2, var2, 12)
+        for r in (slice(0, 4), slice(4, 8), slice(8, 12))
+    ]
+    c = cross_correlation(z1, z2)
+    np.testing.assert_allclose(np.sum(partial, axis=0), np.asarray(c), rtol=1e-5, atol=1e-6)
+    loss, _ = barlow_twins(z1, z2, 0.01)
+    np.testing.assert_allclose(
+        float(barlow_twins_from_correlation(np.sum(partial, axis=0), 0.01)), float(loss), rtol=1e-5
+    )
+
+
+def test_barlow_twins_gradients_finite_with_a_constant_dimension():
+    z1 = tf.Variable(np.c_[randn(0, 6, 3), np.ones((6, 1), np.float32)])  # zero variance
+    z2 = tf.Variable(randn(1, 6, 4))
+    with tf.GradientTape() as tape:
+        loss, _ = barlow_twins(z1, z2)
+    grads = tape.gradient(loss, [z1, z2])
+    assert np.isfinite(float(loss))
+    assert all(np.isfinite(g.numpy()).all() for g in grads)
+
+
+def test_barlow_twins_rejects_bad_arguments():
+    with pytest.raises(ValueError, match=r"lambda_ must be >= 0. Received: lambda_=-1"):
+        BarlowTwinsLoss(lambda_=-1)
+    with pytest.raises(ValueError, match="epsilon must be >= 0"):
+        barlow_twins(randn(0, 4, 2), randn(1, 4, 2), epsilon=-1e-5)
+
+
+# ---------------------------------------------------------------- all losses
+
+
+def test_losses_compile_with_xla_and_any_batch_size():
+    @tf.function(jit_compile=True)
+    def compute(z1, z2, queue):
+        return (
+            nt_xent(z1, z2, 0.5)[0],
+            info_nce(z1, z2, queue, 0.2)[0],
+            barlow_twins(z1, z2, 5e-3)[0],
+        )
+
+    queue = randn(9, 7, 6)
+    queue /= np.linalg.norm(queue, axis=1, keepdims=True)
+    for n in (4, 10):  # nothing about the batch is baked in
+        z1, z2 = randn(n, n, 6), randn(n + 1, n, 6)
+        compiled = compute(z1, z2, queue)
+        eager = (nt_xent(z1, z2, 0.5)[0], info_nce(z1, z2, queue)[0], barlow_twins(z1, z2)[0])
+        np.testing.assert_allclose(np.array(compiled), np.array(eager), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "loss, y_true, function",
+    [
+        (NTXent(temperature=0.3), "z2", lambda z1, z2: nt_xent(z1, z2, 0.3)[0]),
+        (
+            InfoNCE(temperature=0.1),
+            "keys+queue",
+            lambda z1, z2: info_nce(z1, z2, np.eye(6, dtype="float32")[:3], 0.1)[0],
+        ),
+        (
+            BarlowTwinsLoss(lambda_=0.02, epsilon=1e-4),
+            "z2",
+            lambda z1, z2: barlow_twins(z1, z2, 0.02, 1e-4)[0],
+        ),
+    ],
+)
+def test_loss_wrappers_round_trip_and_agree_with_functions(loss, y_true, function):
+    z1, z2 = randn(0, 5, 6), randn(1, 5, 6)
+    target = z2 if y_true == "z2" else np.r_[z2, np.eye(6, dtype="float32")[:3]]
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+    assert type(restored) is type(loss) and restored.get_config() == loss.get_config()
+    np.testing.assert_allclose(float(restored(target, z1)), float(function(z1, z2)), rtol=1e-5)
