@@ -153,3 +153,42 @@ def make_run_dir(
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return run_dir
+
+
+def make_export_dir(path: str | Path, image_size: int = 16, num_classes: int = 10) -> Path:
+    """Exports fake runs for serving tests: `ssl` (versions 1, 2) and `baseline` (version 1).
+
+    Idempotent: a second call with the same `path` returns the existing export directory,
+    so several test modules can share one export per session.
+
+    Args:
+        path: scratch directory; runs go to `path/runs`, exports to `path/export`.
+        image_size: side of the models' grayscale input.
+        num_classes: number of classes of every model.
+
+    Returns:
+        The TF Serving base directory (`path/export`).
+    """
+    from kerassl.serving.export import export_run
+
+    path = Path(path)
+    out_dir = path / "export"
+    done = out_dir / ".complete"
+    if done.is_file():
+        return out_dir
+    runs = {
+        ("ssl", 1): 0,
+        ("baseline", 1): 1,
+        ("ssl", 2): 2,
+    }
+    for (name, version), seed in runs.items():
+        run_dir = make_run_dir(
+            path / "runs" / f"{name}-{version}",
+            image_size=image_size,
+            channels=1,
+            num_classes=num_classes,
+            seed=seed,
+        )
+        export_run(run_dir, name, out_dir, version=version)
+    done.write_text("ok\n")
+    return out_dir

@@ -1,0 +1,213 @@
+"""Export to TF Serving's layout, in-graph preprocessing, and verification without kerassl."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from kerassl import export as export_cli
+from kerassl.errors import UserError
+from kerassl.serving import export as export_lib
+from kerassl.serving.verify import sample_images, verify_export
+from kerassl.testing.fake_run import make_run_dir
+
+
+def png(array: np.ndarray, mode: str | None = None) -> bytes:
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array, mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def gray_run(tmp_path_factory):
+    return make_run_dir(tmp_path_factory.mktemp("gray") / "run", image_size=16, channels=1)
+
+
+@pytest.fixture(scope="module")
+def rgb_run(tmp_path_factory):
+    return make_run_dir(
+        tmp_path_factory.mktemp("rgb") / "run", image_size=12, channels=3, num_classes=7, seed=3
+    )
+
+
+@pytest.fixture(scope="module")
+def gray_export(gray_run, tmp_path_factory):
+    return export_lib.export_run(gray_run, "gray", tmp_path_factory.mktemp("export"))
+
+
+@pytest.fixture(scope="module")
+def rgb_export(rgb_run, tmp_path_factory):
+    return export_lib.export_run(rgb_run, "rgb", tmp_path_factory.mktemp("export"))
+
+
+def keras_models(run_dir):
+    return (
+        keras.saving.load_model(run_dir / "classifier.keras"),
+        keras.saving.load_model(run_dir / "encoder.keras"),
+    )
+
+
+# --- run dir checks and layout -----------------------------------------------------------
+
+
+def test_refuses_unfinished_run_and_run_without_classifier(tmp_path):
+    run_dir = make_run_dir(tmp_path / "run", image_size=8)
+    (run_dir / "metrics.json").unlink()
+    with pytest.raises(UserError, match="metrics.json"):
+        export_lib.export_run(run_dir, "m", tmp_path / "export")
+    (run_dir / "metrics.json").write_text("{}")
+    (run_dir / "classifier.keras").unlink()
+    with pytest.raises(UserError, match="classifier.keras"):
+        export_lib.export_run(run_dir, "m", tmp_path / "export")
+    with pytest.raises(UserError, match="does not exist"):
+        export_lib.read_run_dir(tmp_path / "missing")
+    assert not (tmp_path / "export").exists()
+
+
+def test_versions_increment_and_models_config_lists_every_model(gray_run, tmp_path):
+    out = tmp_path / "export"
+    first = export_lib.export_run(gray_run, "alpha", out)
+    second = export_lib.export_run(gray_run, "alpha", out)
+    explicit = export_lib.export_run(gray_run, "beta", out, version=7)
+    assert (first.name, second.name, explicit.name) == ("1", "2", "7")
+    for path in (first, second, explicit):
+        assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir()
+    assert export_lib.existing_versions(out / "alpha") == [1, 2]
+    assert not [p for p in (out / "alpha").iterdir() if p.name.startswith(".")]  # no staging
+    config = (out / "models.config").read_text()
+    assert config.count("config {") == 2
+    assert 'name: "alpha"' in config and 'base_path: "/models/alpha"' in config
+    assert 'name: "beta"' in config and "model_version_policy { all {} }" in config
+    metadata = export_lib.read_export_metadata(explicit)
+    assert metadata["version"] == 7 and metadata["class_names"][0] == "T-shirt/top"
+    assert metadata["image_size"] == 16 and metadata["channels"] == 1
+    with pytest.raises(UserError, match="already exists"):
+        export_lib.export_run(gray_run, "beta", out, version=7)
+    with pytest.raises(UserError, match="model name"):
+        export_lib.export_run(gray_run, "bad/name", out)
+
+
+# --- signatures compute what the Keras model computes ------------------------------------
+
+
+def test_serving_default_on_png_matches_keras_and_top_k_is_consistent(gray_run, gray_export):
+    classifier, encoder = keras_models(gray_run)
+    images = sample_images(16, 1, count=6, seed=5)
+    loaded = tf.saved_model.load(str(gray_export))
+    outputs = loaded.signatures["serving_default"](
+        image_bytes=tf.constant([png(image) for image in images])
+    )
+    expected = classifier(images.astype("float32") / 255.0).numpy()
+    probabilities = outputs["probabilities"].numpy()
+    np.testing.assert_allclose(probabilities, expected, atol=1e-6)
+    classes = outputs["classes"].numpy()
+    assert classes.shape == (6, 3) and classes.dtype == np.int32  # top-5 clamped to 3 classes
+    np.testing.assert_array_equal(classes, np.argsort(-expected, axis=1, kind="stable"))
+    names = np.array(json.loads((gray_run / "config.json").read_text())["class_names"])
+    np.testing.assert_array_equal(outputs["class_names"].numpy().astype(str), names[classes])
+    embeddings = loaded.signatures["embed"](
+        image_bytes=tf.constant([png(image) for image in images])
+    )["embeddings"]
+    np.testing.assert_allclose(embeddings, encoder(images / 255.0), atol=1e-6)
+
+
+def test_rgb_png_to_gray_model_uses_standard_luma_and_drops_alpha(gray_run, gray_export):
+    classifier, _ = keras_models(gray_run)
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    rgba = np.concatenate([rgb, rng.integers(0, 256, (2, 16, 16, 1), dtype=np.uint8)], -1)
+    serve = tf.saved_model.load(str(gray_export)).signatures["serving_default"]
+    from_rgb = serve(image_bytes=tf.constant([png(i) for i in rgb]))["probabilities"]
+    from_rgba = serve(image_bytes=tf.constant([png(i, "RGBA") for i in rgba]))["probabilities"]
+    gray = (rgb.astype(np.float32) @ np.float32([0.2989, 0.5870, 0.1140]))[..., None] / 255.0
+    np.testing.assert_allclose(from_rgb, classifier(gray), atol=1e-5)
+    np.testing.assert_allclose(from_rgba, from_rgb, atol=1e-7)
+
+
+def test_gray_png_to_rgb_model_repeats_channel_and_resizes(rgb_run, rgb_export):
+    classifier, _ = keras_models(rgb_run)
+    gray = sample_images(12, 1, count=4, seed=1)
+    loaded = tf.saved_model.load(str(rgb_export))
+    outputs = loaded.signatures["serving_default"](image_bytes=tf.constant([png(i) for i in gray]))
+    expected = classifier(np.repeat(gray, 3, axis=-1).astype(np.float32) / 255.0)
+    np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-6)
+    assert outputs["classes"].shape == (4, 5)
+
+    # Other sizes are resized in the graph (bilinear, antialiased), bytes or tensors alike.
+    big = np.random.default_rng(2).integers(0, 256, (3, 30, 21, 3), dtype=np.uint8)
+    from_bytes = loaded.signatures["serving_default"](
+        image_bytes=tf.constant([png(i) for i in big])
+    )
+    from_floats = loaded.signatures["predict_images"](images=tf.constant(big, tf.float32))
+    from_uint8 = loaded.predict_images(tf.constant(big))
+    resized = tf.image.resize(big.astype(np.float32), [12, 12], antialias=True) / 255.0
+    np.testing.assert_allclose(from_bytes["probabilities"], classifier(resized), atol=1e-5)
+    np.testing.assert_allclose(from_floats["probabilities"], from_bytes["probabilities"], atol=1e-6)
+    np.testing.assert_allclose(from_uint8["probabilities"], from_bytes["probabilities"], atol=1e-6)
+
+
+def test_bytes_that_are_not_an_image_fail_inside_the_graph(gray_export):
+    serve = tf.saved_model.load(str(gray_export)).signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image"):
+        serve(image_bytes=tf.constant([b"not an image"]))
+
+
+# --- verification in a fresh process without kerassl -------------------------------------
+
+
+def test_verify_reloads_without_kerassl_and_matches_keras(gray_export):
+    report = verify_export(gray_export, tolerance=1e-5)
+    assert report.problems == []
+    assert set(report.max_abs_diff) == {
+        "serving_default/probabilities",
+        "predict_images/probabilities",
+        "embed/embeddings",
+    }
+    assert report.worst <= 1e-5
+    assert report.mismatches and not any(report.mismatches.values())
+    assert report.ok and "OK" in report.summary()
+
+
+def test_verify_cli_fails_against_another_models_weights(gray_export, tmp_path, capsys):
+    other = make_run_dir(tmp_path / "other", image_size=16, channels=1, seed=9)
+    code = export_cli.main(["--verify", str(gray_export), "--run-dir", str(other)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "FAILED" in out and "serving_default/probabilities" in out
+
+
+# --- CLI -------------------------------------------------------------------------------
+
+
+def test_export_cli_writes_next_version(gray_run, tmp_path, capsys):
+    out = tmp_path / "export"
+    assert export_cli.main([str(gray_run), "--name", "cli", "--out", str(out)]) == 0
+    assert export_cli.main([str(gray_run), "--name", "cli", "--out", str(out), "--top-k", "2"]) == 0
+    assert export_lib.existing_versions(out / "cli") == [1, 2]
+    assert export_lib.read_export_metadata(out / "cli" / "2")["top_k"] == 2
+    assert "--verify" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["{run}", "--out", "{tmp}"], "--name is required"),
+        ([], "RUN_DIR is required"),
+        (["{tmp}/nope", "--name", "m"], "does not exist"),
+        (["{run}", "--name", "a b", "--out", "{tmp}"], "model name 'a b'"),
+        (["{run}", "--name", "m", "--version", "0", "--out", "{tmp}"], "--version"),
+        (["--verify", "{tmp}"], "not a SavedModel version directory"),
+    ],
+)
+def test_export_cli_user_errors_are_one_line(argv, message, gray_run, tmp_path, capsys):
+    argv = [a.format(run=gray_run, tmp=tmp_path) for a in argv]
+    assert export_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kerassl: error: ") and message in err and err.count("\n") == 1
