@@ -1,0 +1,124 @@
+"""tf.data builders: uint8 arrays in memory → float32 [0, 1] batches out.
+
+The uint8 array stays the in-memory source (4x smaller than float32); batches are gathered
+by index and converted to float inside the pipeline. Shuffling permutes indices, not
+images, so no shuffle buffer holds a second copy of the data.
+
+Note: the array is captured by the dataset's functions as one tensor; arrays over 2 GB
+cannot be serialized with the dataset graph (e.g. tf.data service), keep them smaller.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from kerassl.errors import UserError
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def to_float(x_uint8: np.ndarray) -> np.ndarray:
+    """uint8 images → float32 in [0, 1] (the input contract of every kerassl model)."""
+    x = np.asarray(x_uint8)
+    if x.dtype != np.uint8:
+        raise ValueError(f"to_float expects uint8 images. Received: dtype={x.dtype}")
+    return x.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def _uint8_to_float(images: tf.Tensor) -> tf.Tensor:
+    return tf.cast(images, tf.float32) * (1.0 / 255.0)
+
+
+def _check(x: np.ndarray, batch_size: int) -> None:
+    if x.dtype != np.uint8 or x.ndim != 4:
+        raise ValueError(f"x must be uint8 [N, H, W, C]. Received: {x.dtype} {x.shape}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+        raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
+    if batch_size < 1:
+        raise UserError(f"batch size must be >= 1, got {batch_size}")
+
+
+def _index_batches(
+    n: int, batch_size: int, shuffle: bool, seed: int, drop_remainder: bool
+) -> tf.data.Dataset:
+    indices = tf.data.Dataset.range(n)
+    if shuffle:
+        # A full permutation of the indices, different every epoch, reproducible by seed.
+        indices = indices.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
+    return indices.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def pretrain_dataset(
+    x: np.ndarray, batch_size: int, seed: int, shuffle: bool = True
+) -> tf.data.Dataset:
+    """Unlabeled batches for self-supervised pretraining.
+
+    One pass over the data per iteration (call ``.repeat()`` for more); every batch is
+    full (``drop_remainder=True``) so that contrastive losses always see ``batch_size``
+    examples and the static batch size is known to XLA.
+
+    Args:
+        x: uint8 images [N, H, W, C].
+        batch_size: images per batch, at most N.
+        seed: shuffle seed (a new permutation each epoch, reproducible).
+        shuffle: shuffle the images.
+
+    Returns:
+        A dataset of float32 [batch_size, H, W, C] in [0, 1].
+
+    Raises:
+        UserError: ``batch_size`` > N (the dataset would be empty).
+    """
+    x = np.asarray(x)
+    _check(x, batch_size)
+    if batch_size > len(x):
+        raise UserError(
+            f"batch size {batch_size} is larger than the {len(x)} images; use at most {len(x)}"
+        )
+    images = tf.constant(x)  # [N, H, W, C] uint8
+    ds = _index_batches(len(x), batch_size, shuffle, seed, drop_remainder=True)
+    ds = ds.map(lambda idx: _uint8_to_float(tf.gather(images, idx)), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def labeled_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """(images, labels) batches for probes, baselines and evaluation.
+
+    Args:
+        x: uint8 images [N, H, W, C].
+        y: int labels [N].
+        batch_size: examples per batch.
+        shuffle: shuffle every epoch (reproducible by ``seed``).
+        seed: shuffle seed.
+        drop_remainder: drop the last partial batch.
+
+    Returns:
+        A dataset of (float32 [B, H, W, C] in [0, 1], int64 [B]).
+
+    Raises:
+        UserError: bad ``batch_size``, or ``drop_remainder`` with fewer than
+            ``batch_size`` examples.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    _check(x, batch_size)
+    if y.shape != (len(x),):
+        raise ValueError(f"y must have shape ({len(x)},). Received: shape={y.shape}")
+    if drop_remainder and batch_size > len(x):
+        raise UserError(
+            f"batch size {batch_size} is larger than the {len(x)} examples; use at most {len(x)}"
+        )
+    images, labels = tf.constant(x), tf.constant(y.astype(np.int64))
+    ds = _index_batches(len(x), batch_size, shuffle, seed, drop_remainder)
+    ds = ds.map(
+        lambda idx: (_uint8_to_float(tf.gather(images, idx)), tf.gather(labels, idx)),
+        num_parallel_calls=AUTOTUNE,
+    )
+    return ds.prefetch(AUTOTUNE)
