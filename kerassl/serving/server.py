@@ -450,6 +450,9 @@ class ServingRequestHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "kerassl-serve"
+    # Headers and body are separate writes: without TCP_NODELAY, Nagle's algorithm and the
+    # client's delayed ACK add ~40 ms to every keep-alive response.
+    disable_nagle_algorithm = True
     server: ServingHTTPServer
 
     def log_message(self, format, *args):  # noqa: A002  (BaseHTTPRequestHandler's signature)
