@@ -1,0 +1,248 @@
+"""Evaluation of a frozen encoder: feature extraction and the linear probe.
+
+The linear evaluation protocol of SimCLR (Chen et al. 2020, §4 / B.5): a multinomial
+logistic regression on frozen features, here fitted with L-BFGS on standardised features,
+its L2 strength chosen by cross-validation on the labeled training examples only.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from kerassl.errors import UserError
+from kerassl.evaluation.knn import KNNMonitor, knn_accuracy  # noqa: F401  (re-exported)
+
+# Inverse L2 strengths tried by cross-validation (a log grid, as in SimCLR's linear eval).
+C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+# Logit of a class absent from the probe's training labels: probability 0.
+_ABSENT_CLASS_LOGIT = -1e9
+# Below this many training feature values, BLAS/OpenMP run single-threaded: on small probes
+# their thread pools only spin against TensorFlow's (measured 10x slower on 2 busy cores).
+_SINGLE_THREAD_BELOW = 2_000_000
+
+
+def extract_features(
+    encoder: keras.Model, x_uint8: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """Embeds images with a frozen encoder (inference mode, no augmentation).
+
+    Args:
+        encoder: model mapping [0, 1] float images to [D] vectors.
+        x_uint8: uint8 images [N, H, W, C], scaled to [0, 1] batch by batch (float images
+            are taken as already scaled).
+        batch_size: images per forward pass.
+
+    Returns:
+        float32 [N, D] features.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
+    x = np.asarray(x_uint8)
+    scale = 1.0 / 255.0 if x.dtype == np.uint8 else 1.0
+    if len(x) == 0:
+        return np.zeros((0, encoder.output_shape[-1]), np.float32)
+    chunks = []
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size].astype(np.float32) * scale
+        chunks.append(np.asarray(encoder.predict_on_batch(batch), np.float32))
+    features = np.concatenate(chunks)
+    return features.reshape(len(x), -1)
+
+
+@dataclass
+class ProbeResult:
+    """Scores of a linear probe on the test split (fractions in [0, 1]).
+
+    Attributes:
+        top1: top-1 accuracy on the whole test split.
+        top5: top-5 accuracy, or None when there are 5 classes or fewer.
+        num_train: labeled training examples the probe saw.
+        num_test: test examples scored.
+        c: chosen inverse L2 strength C of the logistic regression.
+        cv_accuracy: mean cross-validation accuracy of `c` on the training examples, or
+            None when a class has a single example (then `c` is the default).
+        cv_folds: number of stratified folds (0 without cross-validation).
+        converged: whether the final L-BFGS fit converged within its iteration budget.
+    """
+
+    top1: float
+    top5: float | None
+    num_train: int
+    num_test: int
+    c: float
+    cv_accuracy: float | None
+    cv_folds: int
+    converged: bool
+
+
+def _probe_pipeline(c: float, max_iter: int) -> Pipeline:
+    return Pipeline(
+        [("scale", StandardScaler()), ("logreg", LogisticRegression(C=c, max_iter=max_iter))]
+    )
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> np.ndarray:
+    labels = np.asarray(labels).astype(np.int64).ravel()
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise UserError(
+            f"{what} labels must be in [0, {num_classes}); got {int(bad[0])} "
+            "(unlabeled examples, -1, cannot train or score a probe)"
+        )
+    return labels
+
+
+def choose_c(
+    features: np.ndarray,
+    labels: np.ndarray,
+    seed: int = 0,
+    c_grid=C_GRID,
+    default_c: float = 1.0,
+    max_iter: int = 1000,
+) -> tuple[float, float | None, int]:
+    """Chooses C by stratified k-fold cross-validation on labeled training features.
+
+    k = min(5, examples in the smallest class); with a class of one example no split is
+    possible and `default_c` is returned. Scaling is fitted inside each fold.
+
+    Returns:
+        `(c, mean_cv_accuracy or None, folds)`; ties go to the smaller C (stronger
+        regularisation).
+    """
+    counts = np.unique(labels, return_counts=True)[1]
+    folds = int(min(5, counts.min()))
+    if folds < 2:
+        return float(default_c), None, 0
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    best_c, best_score = float(default_c), -1.0
+    for c in sorted(c_grid):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            score = float(
+                np.mean(
+                    cross_val_score(_probe_pipeline(c, max_iter), features, labels, cv=splitter)
+                )
+            )
+        if score > best_score:
+            best_c, best_score = float(c), score
+    return best_c, best_score, folds
+
+
+def fold_into_dense(
+    mean: np.ndarray,
+    scale: np.ndarray,
+    coef: np.ndarray,
+    intercept: np.ndarray,
+    classes: np.ndarray,
+    num_classes: int,
+) -> keras.layers.Dense:
+    """A softmax `Dense` equal to standardisation + logistic regression.
+
+    With x' = (x − μ)/σ and logits x'W + b: W' = W/σ (row-wise), b' = b − (μ/σ)·W. A binary
+    scikit-learn model (one coefficient row w, P(class 1) = sigmoid(x'w + b)) becomes the
+    two logits ∓(x'w + b)/2, whose softmax is the same probability. Classes never seen in
+    training get logit −1e9 (probability 0).
+    """
+    coef = np.asarray(coef, np.float64)
+    intercept = np.asarray(intercept, np.float64)
+    if len(classes) == 2 and coef.shape[0] == 1:
+        coef = np.concatenate([-coef / 2, coef / 2])  # [2, D]
+        intercept = np.concatenate([-intercept / 2, intercept / 2])  # [2]
+    weights_present = coef.T / scale[:, None]  # [D, C'] W/σ
+    bias_present = intercept - (mean / scale) @ coef.T  # [C'] b − μ·W/σ
+    kernel = np.zeros((len(mean), num_classes))
+    bias = np.full(num_classes, _ABSENT_CLASS_LOGIT)
+    kernel[:, classes] = weights_present
+    bias[classes] = bias_present
+    dense = keras.layers.Dense(num_classes, activation="softmax", name="linear_probe")
+    dense.build((None, len(mean)))
+    dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    return dense
+
+
+def linear_probe(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    num_classes: int,
+    seed: int = 0,
+    c_grid=C_GRID,
+    default_c: float = 1.0,
+    max_iter: int = 1000,
+) -> tuple[ProbeResult, keras.layers.Dense]:
+    """Linear evaluation of frozen features: logistic regression, scored once on test.
+
+    Features are standardised with the training statistics; a multinomial logistic
+    regression (L-BFGS, L2) is fitted on all training features with C chosen by
+    `choose_c` (cross-validation on the training labels only); the test split is used
+    once, to score. Top-5 is reported when `num_classes > 5`.
+
+    Args:
+        train_features: [N, D] features of the labeled training examples.
+        train_labels: [N] labels in [0, num_classes), at least two distinct classes.
+        test_features: [T, D] features of the test split.
+        test_labels: [T] labels in [0, num_classes).
+        num_classes: number of classes of the dataset (width of the returned layer).
+        seed: seed of the cross-validation folds.
+        c_grid: candidate inverse L2 strengths.
+        default_c: C used when some class has a single example (no cross-validation).
+        max_iter: L-BFGS iteration budget.
+
+    Returns:
+        `(result, dense)`: a `ProbeResult` and a `Dense(num_classes, "softmax")` whose
+        weights fold the standardisation into the regression, so that
+        `dense(encoder(images))` reproduces the probe's `predict_proba`.
+    """
+    train_features = np.asarray(train_features, np.float64)
+    test_features = np.asarray(test_features, np.float64)
+    train_labels = _check_labels(train_labels, num_classes, "training")
+    test_labels = _check_labels(test_labels, num_classes, "test")
+    if len(np.unique(train_labels)) < 2:
+        raise UserError(
+            "a linear probe needs labeled examples of at least 2 classes; got "
+            f"{len(train_labels)} example(s) of class(es) {sorted(set(train_labels.tolist()))}"
+        )
+    threads = 1 if train_features.size < _SINGLE_THREAD_BELOW else None
+    with threadpool_limits(threads), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        c, cv_accuracy, folds = choose_c(
+            train_features, train_labels, seed, c_grid, default_c, max_iter
+        )
+        pipeline = _probe_pipeline(c, max_iter)
+        pipeline.fit(train_features, train_labels)
+    scaler, logreg = pipeline.named_steps["scale"], pipeline.named_steps["logreg"]
+    dense = fold_into_dense(
+        scaler.mean_, scaler.scale_, logreg.coef_, logreg.intercept_, logreg.classes_, num_classes
+    )
+    probabilities = np.zeros((len(test_features), num_classes))
+    if len(test_features):
+        probabilities[:, logreg.classes_] = pipeline.predict_proba(test_features)
+    top1 = (
+        float(np.mean(np.argmax(probabilities, axis=1) == test_labels)) if len(test_labels) else 0.0
+    )
+    top5 = None
+    if num_classes > 5 and len(test_labels):
+        best5 = np.argsort(-probabilities, axis=1, kind="stable")[:, :5]
+        top5 = float(np.mean(np.any(best5 == test_labels[:, None], axis=1)))
+    result = ProbeResult(
+        top1=top1,
+        top5=top5,
+        num_train=len(train_labels),
+        num_test=len(test_labels),
+        c=c,
+        cv_accuracy=cv_accuracy,
+        cv_folds=folds,
+        converged=bool(np.all(logreg.n_iter_ < max_iter)),
+    )
+    return result, dense
