@@ -28,7 +28,8 @@ from kerassl.data.sources import ImageData, load_dataset
 from kerassl.data.splits import Split, label_split, parse_labels
 from kerassl.distribute import is_chief, make_strategy
 from kerassl.errors import UserError
-from kerassl.evaluation.probes import KNNMonitor, extract_features, linear_probe
+from kerassl.evaluation.knn import KNNMonitor
+from kerassl.evaluation.probes import extract_features, linear_probe
 from kerassl.models.encoders import build_encoder
 from kerassl.models.heads import build_head
 from kerassl.models.simclr import SimCLR

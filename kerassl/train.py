@@ -6,6 +6,7 @@ import json
 import sys
 
 from kerassl.config import TrainConfig
+from kerassl.data.sources import DATASET_HELP
 from kerassl.errors import ArgumentParser, cli_entry
 
 METHOD_NAMES = ("simclr", "moco", "barlow_twins")
@@ -20,7 +21,7 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("method", nargs="?", default=d.method, help=f"SSL method: {', '.join(METHOD_NAMES)} (default {d.method})")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=d.dataset, help="fashion_mnist (default), mnist, digits, idx:PATH, folder:PATH, npz:PATH, or a TFDS name (stanford_dogs, cifar10, …)")
+    g.add_argument("--dataset", default=d.dataset, help=DATASET_HELP)
     g.add_argument("--data-dir", help="where local data lives (IDX files, TFDS data_dir); also $KERASSL_DATA_DIR")
     g.add_argument("--offline", action="store_true", help="never download; fail with instructions if data is missing")
     g.add_argument("--image-size", type=int, help="resize images to this square size (default: the dataset's)")
@@ -39,7 +40,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--epochs", type=int, default=d.epochs, help="pretraining epochs (default %(default)s)")
     g.add_argument("--steps-per-epoch", type=int, help="cap steps per epoch (default: one pass over the unlabeled pool)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="pretraining batch size (default %(default)s)")
-    g.add_argument("--optimizer", default=d.optimizer, help="adam (default; AdamW with weight decay), lars, sgd")
+    g.add_argument("--optimizer", default=d.optimizer, help="adam (default; AdamW with weight decay), lars (use --lr ≈ 0.3 x batch/256), sgd")
     g.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, default=d.learning_rate, help="peak learning rate (default %(default)s), linear warmup then cosine decay")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="weight decay (default %(default)s)")
     g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="learning-rate warmup (default %(default)s)")
