@@ -1,0 +1,180 @@
+"""Supervised baselines: architectures, metrics maths, augmentation, training protocol."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from kerassl.data.splits import Split, label_split
+from kerassl.models import supervised
+from kerassl.models.supervised import (
+    accuracy_metrics,
+    build_classifier,
+    evaluate_classifier,
+    fit_supervised,
+    label_augmenter,
+    resolve_weights,
+    supervised_baseline,
+)
+
+
+def _images(n: int, size: int = 16, channels: int = 1, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, channels), np.uint8)
+
+
+def _bright_dark(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes a CNN separates in a few steps: dark vs bright noise images."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = rng.integers(0, 80, (n, 12, 12, 1)) + 170 * y[:, None, None, None]
+    return x.astype(np.uint8), y.astype(np.int64)
+
+
+def test_study_a_cnn_architecture():
+    model = build_classifier("cnn", (28, 28, 1), num_classes=10)
+    layers = model.get_layer("cnn_trunk").layers
+    convs = [layer for layer in layers if isinstance(layer, keras.layers.Conv2D)]
+    norms = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
+    drops = [layer for layer in layers if isinstance(layer, keras.layers.Dropout)]
+    pools = [layer for layer in layers if isinstance(layer, keras.layers.MaxPooling2D)]
+    assert [c.filters for c in convs] == [32, 64, 128]
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    assert [n.momentum for n in norms] == [0.9, 0.9, 0.9]
+    assert [d.rate for d in drops] == [0.2, 0.2, 0.2] and len(pools) == 3
+    assert model.output_shape == (None, 10)
+    assert model.get_layer("predictions").activation.__name__ == "softmax"
+
+
+@pytest.mark.parametrize("name", ["cnn", "cnn_deep", "mlp"])
+def test_classifiers_output_probabilities(name):
+    model = build_classifier(name, (16, 16, 1), num_classes=7)
+    probabilities = model.predict(_images(4) / 255.0, verbose=0)
+    assert probabilities.shape == (4, 7)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    norms = [
+        layer
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert norms and all(layer.momentum == 0.9 for layer in norms)
+
+
+def test_cnn_deep_has_dense_classifier_and_config_roundtrip(tmp_path):
+    model = build_classifier("cnn_deep", (16, 16, 1), 3, dense_units=(64,), dense_dropout=0.3)
+    assert model.get_layer("dense0").units == 64
+    assert model.get_layer("dense0_dropout").rate == 0.3
+    path = tmp_path / "model.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    x = _images(3) / 255.0
+    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_build_classifier_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="name must be one of"):
+        build_classifier("vgg", (16, 16, 1), 10)
+    with pytest.raises(ValueError, match="num_classes must be >= 2"):
+        build_classifier("cnn", (16, 16, 1), 1)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        build_classifier("mlp", (16, 16, 1), 10, dropout=1.5)
+
+
+def test_accuracy_metrics_counts_ranks():
+    probabilities = np.array(
+        [
+            [0.50, 0.20, 0.10, 0.05, 0.05, 0.04, 0.06],  # label 0: top-1 hit
+            [0.50, 0.20, 0.10, 0.09, 0.05, 0.04, 0.02],  # label 3: rank 4, top-5 hit
+            [0.50, 0.20, 0.10, 0.09, 0.08, 0.02, 0.01],  # label 6: rank 7, miss
+            [0.10, 0.60, 0.10, 0.05, 0.05, 0.05, 0.05],  # label 1: top-1 hit
+        ]
+    )
+    metrics = accuracy_metrics(probabilities, np.array([0, 3, 6, 1]))
+    assert metrics == {"top1": 0.5, "top5": 0.75}
+    assert accuracy_metrics(probabilities[:, :5], np.array([0, 3, 1, 1])) == {"top1": 0.5}
+
+
+def test_label_augmenter_random_in_training_identity_at_inference():
+    x = _images(6, seed=1).astype(np.float32) / 255.0
+    augmenter = label_augmenter(seed=3)
+    np.testing.assert_array_equal(np.asarray(augmenter(x, training=False)), x)
+    first = np.asarray(augmenter(x, training=True))
+    second = np.asarray(augmenter(x, training=True))
+    assert first.shape == x.shape and first.min() >= 0.0 and first.max() <= 1.0
+    assert not np.allclose(first, x) and not np.allclose(first, second)
+    assert [type(layer).__name__ for layer in label_augmenter(flip=True).layers] == [
+        "RandomFlip",
+        "RandomRotation",
+        "RandomTranslation",
+        "RandomZoom",
+    ]
+    with pytest.raises(ValueError, match="rotation must be in"):
+        label_augmenter(rotation=0.7)
+
+
+def test_train_dataset_keeps_pairs_and_scales():
+    x = np.arange(5, dtype=np.uint8).reshape(5, 1, 1, 1) * 50
+    y = np.arange(5)
+    batches = list(supervised.train_dataset(x, y, batch_size=2, seed=0))
+    images = np.concatenate([b[0].numpy() for b in batches]).ravel()
+    labels = np.concatenate([b[1].numpy() for b in batches])
+    assert sorted(labels.tolist()) == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(images, labels * 50 / 255.0, rtol=1e-6)
+
+
+def test_fit_supervised_learns_and_restores_best_validation_weights():
+    x, y = _bright_dark(48)
+    y_train = y.copy()
+    y_train[40:] = -1  # unlabeled: must never be used
+    split = Split(labeled=np.arange(0, 32), validation=np.arange(32, 40))
+    model = build_classifier("cnn", x.shape[1:], 2, filters=(8, 16), dropout=0.0)
+    history = fit_supervised(
+        model, x, y_train, split, epochs=12, batch_size=8, learning_rate=3e-3, patience=4
+    )
+    val_losses = history.history["val_loss"]
+    assert "val_accuracy" in history.history and len(val_losses) <= 12
+    # EarlyStopping(restore_best_weights) leaves the weights of the best validation epoch.
+    final = model.evaluate(x[32:40] / 255.0, y[32:40], verbose=0, return_dict=True)
+    assert final["loss"] == pytest.approx(min(val_losses), rel=1e-4, abs=1e-5)
+    assert evaluate_classifier(model, x[40:], y[40:])["top1"] == 1.0
+
+
+def test_fit_supervised_without_validation_monitors_training_loss():
+    x, y = _bright_dark(16)
+    model = build_classifier("mlp", x.shape[1:], 2, hidden_units=(16,))
+    history = fit_supervised(model, x, y, Split(labeled=np.arange(16)), epochs=2, augment=False)
+    assert "val_loss" not in history.history and len(history.history["loss"]) == 2
+
+
+def test_fit_supervised_rejects_unlabeled_indices():
+    x, y = _bright_dark(8)
+    y[3] = -1
+    model = build_classifier("mlp", x.shape[1:], 2, hidden_units=(8,))
+    with pytest.raises(ValueError, match="labeled examples"):
+        fit_supervised(model, x, y, Split(labeled=np.arange(8)), epochs=1)
+
+
+def test_resolve_weights_uses_local_cache_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    assert supervised._keras_homes()[0] == str(tmp_path / "keras_home")
+    monkeypatch.setattr(supervised, "_keras_homes", lambda: [str(tmp_path)])
+    assert resolve_weights("inceptionv3", "auto") is None
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5").touch()
+    assert resolve_weights("inceptionv3", "auto") == "imagenet"
+    assert resolve_weights("resnet50", "auto") is None
+    assert resolve_weights("resnet50", None) is None
+    with pytest.raises(ValueError, match="weights must be"):
+        resolve_weights("resnet50", "places365")
+
+
+def test_supervised_baseline_on_digits_beats_chance():
+    from kerassl.data.sources import load_dataset
+
+    data = load_dataset("digits")
+    split = label_split(data.y_train, 100, seed=0, validation=0.2)
+    metrics = supervised_baseline(data, split, model="cnn", epochs=15, seed=0)
+    assert set(metrics) == {"model", "top1", "top5", "epochs_run", "num_labeled"}
+    assert metrics["num_labeled"] == 100 and 1 <= metrics["epochs_run"] <= 15
+    assert metrics["top1"] > 0.4  # chance is 0.1
+    assert metrics["top5"] >= metrics["top1"]
