@@ -535,8 +535,11 @@ class ServingRequestHandler(BaseHTTPRequestHandler):
     def _route(self, method: str):
         path = self.path.split("?", 1)[0]
         if method not in ("GET", "POST"):
-            if method != "GET" and self.headers.get("Content-Length"):
-                self._discard(int(self.headers["Content-Length"] or 0))
+            length = self.headers.get("Content-Length", "")
+            if length.isdigit():
+                self._discard(int(length))
+            else:
+                self.close_connection = True
             raise RestError(405, f"Method {method} not allowed for {path}")
         repository = self.server.repository
         if path in ("/", "/index.html") or path.startswith("/static/"):
