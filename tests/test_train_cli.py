@@ -40,7 +40,7 @@ def test_simclr_on_digits_end_to_end(tmp_path):
     [
         (["simsiam", "--dataset", "digits"], "unknown method 'simsiam'"),
         (["simclr", "--dataset", "no_such_dataset_xyz"], "no_such_dataset_xyz"),
-        (["simclr", "--dataset", "digits", "--labels", "1500"], "digits"),
+        (["simclr", "--dataset", "digits", "--labels", "1500"], "class 0 has 142 labeled examples, 150 asked"),
         (["simclr", "--dataset", "digits", "--batch-size", "100000"], "--batch-size 100000"),
         (["simclr", "--dataset", "digits", "--epochs", "0"], "--epochs"),
         (["simclr", "--dataset", "digits", "--encoder", "vgg"], "unknown encoder"),

@@ -68,6 +68,14 @@ class SSLModel(keras.Model):
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(
             name="contrastive_accuracy"
         )
+        # Encoder and head are built functional models, so the method is built from the
+        # start: BackupAndRestore and save/load need built models before `fit`.
+        self.build(encoder.input_shape)
+
+    def build(self, input_shape):
+        if not self.augmenter.built:
+            self.augmenter.build(input_shape)
+        self.built = True
 
     @property
     def metrics(self):
