@@ -98,7 +98,11 @@ _PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 def random_apply(
-    fn: Callable[[Any], Any], p: float, x: Any, seed: keras.random.SeedGenerator | int | None
+    fn: Callable[[Any], Any],
+    p: float,
+    x: Any,
+    seed: keras.random.SeedGenerator | int | None = None,
+    uniforms: Any = None,
 ) -> Any:
     """Applies `fn` to each image of the batch `x` independently with probability `p`.
 
@@ -111,6 +115,7 @@ def random_apply(
         p: probability of applying `fn` to an image, in [0, 1].
         x: [B, H, W, C] float batch.
         seed: `keras.random.SeedGenerator` (advanced) or int seed for the mask.
+        uniforms: optional [B] uniforms in [0, 1) already drawn, used instead of `seed`.
 
     Returns:
         [B, H, W, C] batch.
@@ -121,8 +126,9 @@ def random_apply(
         return x
     if p == 1.0:
         return fn(x)
-    batch = ops.shape(x)[0]
-    apply = keras.random.uniform((batch,), seed=seed) < p  # [B]
+    if uniforms is None:
+        uniforms = keras.random.uniform((ops.shape(x)[0],), seed=seed)
+    apply = uniforms < p  # [B]
     return ops.where(apply[:, None, None, None], fn(x), x)
 
 
@@ -360,6 +366,29 @@ def blur_kernel_size(image_size: int, fraction: float = 0.1) -> int:
 # --------------------------------------------------------------------------- the layer
 
 
+class _Draws:
+    """Per-image uniforms for one call, drawn in ONE random op and handed out by column.
+
+    Each separate stateless random op adds to XLA compile time (16 draws compile about 3x
+    slower than one draw of 16 columns), so a call draws a [B, 24] block once; the
+    columns are consumed in a fixed order, which keeps calls reproducible from the seed.
+    """
+
+    columns = 24  # ≥ geometry 8 + jitter 1 + 4 + 4 + grayscale 1 + blur 2
+
+    def __init__(self, seed_generator: keras.random.SeedGenerator, batch: Any):
+        self.values = keras.random.uniform((batch, self.columns), seed=seed_generator)
+        self.used = 0
+
+    def next(self, low: float = 0.0, high: float = 1.0) -> Any:
+        """[B] uniforms in [low, high)."""
+        if self.used == self.columns:
+            raise RuntimeError("Augmenter used more random draws than _Draws.columns")
+        column = self.values[:, self.used]
+        self.used += 1
+        return low + (high - low) * column
+
+
 @keras.saving.register_keras_serializable(package="kerassl")
 class Augmenter(keras.layers.Layer):
     """One random view of a batch of [0, 1] images per call, from a named preset.
@@ -377,7 +406,9 @@ class Augmenter(keras.layers.Layer):
       contrast 0.2, saturation 0.15, hue 0.04), Gaussian blur with p = 0.5, no grayscale.
     - `none`: the identity.
 
-    Order of operations: geometry (one resampling), colour jitter, grayscale, blur.
+    Order of operations: geometry (one resampling), colour jitter, grayscale, blur. Inputs
+    are cast to float32 and are expected in [0, 1]; outputs are clipped to [0, 1]. Images
+    should be square when `rot90` is on (a quarter turn of a rectangle leaves fill).
 
     Args:
         preset: one of `PRESETS`; supplies the default of every argument left as None.
@@ -408,7 +439,7 @@ class Augmenter(keras.layers.Layer):
             size/224 for the actual images.
         blur_kernel_fraction: kernel size as a fraction of the image side (made odd, ≥ 3).
         seed: int seed of the layer's `keras.random.SeedGenerator`; None draws one.
-        **kwargs: `keras.layers.Layer` arguments (name, …).
+        **kwargs: `keras.layers.Layer` arguments (name, …); dtype defaults to float32.
 
     Example:
         >>> augmenter = Augmenter("digits", seed=0)
@@ -439,6 +470,9 @@ class Augmenter(keras.layers.Layer):
         seed: int | None = None,
         **kwargs,
     ):
+        # Always float32: under a mixed-precision policy, float16 sampling coordinates would
+        # be off by whole pixels at 224 px.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {PRESETS}. Received: preset={preset!r}")
@@ -512,31 +546,32 @@ class Augmenter(keras.layers.Layer):
             or self.rot90
         )
 
-    def _uniform(self, batch, low=0.0, high=1.0):
-        return keras.random.uniform((batch,), low, high, seed=self.seed_generator)
+    def _draws(self, batch) -> _Draws:
+        return _Draws(self.seed_generator, batch)
 
-    def _sample_geometry(self, batch, height: int, width: int):
+    def _sample_geometry(self, batch, height: int, width: int, draws: _Draws | None = None):
         """Per-image affine maps (output pixel → input pixel), [B, 2, 2] and [B, 2]."""
+        draws = draws or self._draws(batch)
         # Random resized crop: area fraction s, then log-aspect r within the range that keeps
         # both sides ≤ 1 (r ∈ [s, 1/s]) intersected with crop_ratio.
-        area = self._uniform(batch, *self.crop_scale)
+        area = draws.next(*self.crop_scale)
         log_lo = ops.maximum(math.log(self.crop_ratio[0]), ops.log(area))
         log_hi = ops.minimum(math.log(self.crop_ratio[1]), -ops.log(area))
         log_hi = ops.maximum(log_hi, log_lo)  # crop_ratio excluding 1 at large areas
-        ratio = ops.exp(log_lo + (log_hi - log_lo) * self._uniform(batch))
+        ratio = ops.exp(log_lo + (log_hi - log_lo) * draws.next())
         crop_w = ops.minimum(ops.sqrt(area * ratio), 1.0)  # fractions of the side
         crop_h = ops.minimum(ops.sqrt(area / ratio), 1.0)
         # Crop centre such that the (unrotated) crop lies inside the image, in pixels.
-        shift_x = (self._uniform(batch) - 0.5) * (1.0 - crop_w) * width
-        shift_y = (self._uniform(batch) - 0.5) * (1.0 - crop_h) * height
+        shift_x = (draws.next() - 0.5) * (1.0 - crop_w) * width
+        shift_y = (draws.next() - 0.5) * (1.0 - crop_h) * height
 
-        angle = self._uniform(batch, -1.0, 1.0) * (self.rotation * math.pi / 180.0)
+        angle = draws.next(-1.0, 1.0) * (self.rotation * math.pi / 180.0)
         if self.rot90:
-            quarter = ops.floor(self._uniform(batch, 0.0, 4.0))  # 0, 1, 2, 3
+            quarter = ops.floor(draws.next(0.0, 4.0))  # 0, 1, 2, 3
             angle = angle + ops.minimum(quarter, 3.0) * (math.pi / 2.0)
         ones = ops.ones_like(area)
-        flip_x = ops.where(self._uniform(batch) < 0.5, -ones, ones)
-        flip_y = ops.where(self._uniform(batch) < 0.5, -ones, ones)
+        flip_x = ops.where(draws.next() < 0.5, -ones, ones)
+        flip_y = ops.where(draws.next() < 0.5, -ones, ones)
         if self.flip not in ("horizontal", "horizontal_and_vertical"):
             flip_x = ones
         if self.flip not in ("vertical", "horizontal_and_vertical"):
@@ -548,27 +583,28 @@ class Augmenter(keras.layers.Layer):
 
     # ----------------------------------------------------------------- colour
 
-    def _color_jitter(self, images):
+    def _color_jitter(self, images, draws: _Draws | None = None):
         batch = ops.shape(images)[0]
+        draws = draws or self._draws(batch)
         rgb = images.shape[-1] == 3
 
         def factor(amount):
             if amount <= 0:
                 return None
-            return self._uniform(batch, max(0.0, 1.0 - amount), 1.0 + amount)
+            return draws.next(max(0.0, 1.0 - amount), 1.0 + amount)
 
         factors = {
             "brightness": factor(self.brightness),
             "contrast": factor(self.contrast),
             "saturation": factor(self.saturation) if rgb else None,
-            "hue": self._uniform(batch, -self.hue, self.hue) if rgb and self.hue > 0 else None,
+            "hue": draws.next(-self.hue, self.hue) if rgb and self.hue > 0 else None,
         }
         n = sum(f is not None for f in factors.values())
         order = None
         if self.color_random_order and n > 1:
             # Stage of op i = rank of its random key (ties broken by index): a uniformly
             # random order per image, without a sort.
-            keys = keras.random.uniform((batch, n), seed=self.seed_generator)
+            keys = ops.stack([draws.next() for _ in range(n)], axis=1)  # [B, n]
             before = (keys[:, None, :] < keys[:, :, None]) | (
                 (keys[:, None, :] == keys[:, :, None]) & np.tri(n, k=-1, dtype=bool)
             )  # [B, i, j]: op j goes before op i
@@ -595,25 +631,29 @@ class Augmenter(keras.layers.Layer):
             )
         height, width, channels = shape[1], shape[2], shape[3]
         batch = ops.shape(images)[0]
+        draws = self._draws(batch)
         if self.has_geometry:
-            matrices, offsets = self._sample_geometry(batch, height, width)
+            matrices, offsets = self._sample_geometry(batch, height, width, draws)
             images = affine_resample(images, matrices, offsets, self.fill_mode, self.fill_value)
         if self._has_color(channels):
             images = random_apply(
-                self._color_jitter, self.color_jitter_prob, images, self.seed_generator
+                lambda x: self._color_jitter(x, draws),
+                self.color_jitter_prob,
+                images,
+                uniforms=draws.next(),
             )
         if channels == 3 and self.grayscale_prob > 0:
-            images = random_apply(grayscale, self.grayscale_prob, images, self.seed_generator)
+            images = random_apply(grayscale, self.grayscale_prob, images, uniforms=draws.next())
         if self.blur_prob > 0:
             size = min(height, width)
             kernel = blur_kernel_size(size, self.blur_kernel_fraction)
             if kernel < size:
-                sigma = self._uniform(batch, *self.blur_sigma) * (size / 224.0)
+                sigma = draws.next(*self.blur_sigma) * (size / 224.0)
                 images = random_apply(
                     lambda x: gaussian_blur(x, sigma, kernel),
                     self.blur_prob,
                     images,
-                    self.seed_generator,
+                    uniforms=draws.next(),
                 )
         return ops.clip(images, 0.0, 1.0)
 
