@@ -99,11 +99,11 @@ def compare(method: str, strategy) -> dict:
         "moved": moved,
     }
     if method == "moco":
-        queues = replicas(mirrored.queue)
-        pointers = replicas(mirrored.queue_pointer)
-        result["queue"] = float(np.abs(single.queue.numpy() - queues[0]).max())
+        queues = replicas(mirrored.queue.keys)
+        pointers = replicas(mirrored.queue.pointer)
+        result["queue"] = float(np.abs(single.queue.keys.numpy() - queues[0]).max())
         result["queue_replicas"] = float(np.abs(queues[0] - queues[1]).max())
-        result["pointers"] = [int(single.queue_pointer.numpy())] + [int(p) for p in pointers]
+        result["pointers"] = [int(single.queue.pointer.numpy())] + [int(p) for p in pointers]
     return result
 
 

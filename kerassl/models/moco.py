@@ -88,6 +88,61 @@ def _unit_rows(seed):
 
 
 @keras.saving.register_keras_serializable(package="kerassl")
+class KeyQueue(layers.Layer):
+    """MoCo's dictionary: a FIFO queue of `size` keys, the oldest overwritten first.
+
+    "The dictionary is dynamic, the keys are randomly sampled, […] the current mini-batch
+    is enqueued to the dictionary, and the oldest mini-batch in the queue is removed"
+    (MoCo, section 3.2). Initialised, as in the official code, with random unit vectors.
+    The keys and the pointer (the slot of the oldest key) are non-trainable weights, so
+    they are saved with the model and restored by `BackupAndRestore`.
+
+    Args:
+        size: int K ≥ 1, number of keys; need not be a multiple of the batch size.
+        dim: int, key dimension.
+        seed: int or None, seed of the initial random keys.
+    """
+
+    def __init__(self, size: int, dim: int, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if int(size) != size or size < 1:
+            raise ValueError(f"size must be an integer >= 1. Received: size={size}")
+        self.size = int(size)
+        self.dim = int(dim)
+        self.seed = seed
+        self.keys = self.add_weight(
+            shape=(self.size, self.dim),
+            initializer=_unit_rows(seed),
+            trainable=False,
+            name="keys",
+        )
+        self.pointer = self.add_weight(
+            shape=(), dtype="int32", initializer="zeros", trainable=False, name="pointer"
+        )
+        self.built = True
+
+    def enqueue(self, keys) -> None:
+        """Writes `keys` ([n, d], oldest first) over the oldest entries.
+
+        Slot `(pointer + i) mod K` receives key i and the pointer advances by n mod K, so
+        after any sequence of calls the queue, read from the pointer on, holds the last K
+        keys in order. If n > K only the newest K keys are kept.
+        """
+        keys = ops.cast(keys, self.keys.dtype)
+        size = self.size
+        n = keys.shape[0] if keys.shape[0] is not None else ops.shape(keys)[0]
+        start, count = self.pointer, n
+        if isinstance(n, int) and n > size:
+            keys, start, count = keys[n - size :], start + (n - size), size
+        slots = (start + ops.arange(count, dtype="int32")) % size  # [count]
+        self.keys.assign(ops.scatter_update(self.keys, slots[:, None], keys))
+        self.pointer.assign((self.pointer + n) % size)
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "dim": self.dim, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="kerassl")
 class MoCo(SSLModel):
     """MoCo v2: a query encoder trained by InfoNCE against a momentum key encoder and a
     queue of negative keys.
@@ -158,7 +213,7 @@ class MoCo(SSLModel):
             )
         if int(bn_groups) != bn_groups or bn_groups < 1:
             raise ValueError(f"bn_groups must be an integer >= 1. Received: bn_groups={bn_groups}")
-        super().__init__(encoder, head, augmenter, **kwargs)
+        # Method state is created before the base initialiser, which builds the model.
         self.temperature = temperature
         self.momentum = momentum
         self.queue_size = int(queue_size)
@@ -167,16 +222,9 @@ class MoCo(SSLModel):
         self.seed = seed
         self.key_encoder = momentum_copy(encoder)
         self.key_head = momentum_copy(head)
-        self.queue = self.add_weight(
-            shape=(self.queue_size, head.output_shape[-1]),
-            initializer=_unit_rows(seed),
-            trainable=False,
-            name="queue",
-        )
-        self.queue_pointer = self.add_weight(
-            shape=(), dtype="int32", initializer="zeros", trainable=False, name="queue_pointer"
-        )
+        self.queue = KeyQueue(self.queue_size, head.output_shape[-1], seed=seed, name="queue")
         self.shuffle_seed = keras.random.SeedGenerator(seed)
+        super().__init__(encoder, head, augmenter, **kwargs)
 
     def compute_ssl_loss(self, view1, view2, training=True):
         if self.symmetric:
@@ -192,7 +240,7 @@ class MoCo(SSLModel):
             # Enqueue after the loss has read the queue. Done here rather than in
             # `after_step`: replicas trace this concurrently, so the keys cannot wait on
             # `self`.
-            self.enqueue(keys)
+            self.queue.enqueue(keys)
         return loss, logits, labels
 
     def contrast(self, query_images, key_images, training=True):
@@ -207,7 +255,7 @@ class MoCo(SSLModel):
         keys, offset = self.momentum_keys(key_images, training)
         keys = ops.stop_gradient(l2_normalize(keys))  # [N, d] global batch
         k = ops.slice(keys, (offset, 0), ops.shape(q))  # [n, d] this replica's positives
-        loss, logits, labels = info_nce(q, k, self.queue, self.temperature)
+        loss, logits, labels = info_nce(q, k, self.queue.keys, self.temperature)
         return loss, logits, labels, keys
 
     def momentum_keys(self, images, training=True):
@@ -231,23 +279,6 @@ class MoCo(SSLModel):
     def after_step(self):
         update_momentum(self.encoder, self.key_encoder, self.momentum)
         update_momentum(self.head, self.key_head, self.momentum)
-
-    def enqueue(self, keys) -> None:
-        """Writes `keys` ([n, d], oldest first) over the oldest entries of the queue.
-
-        Slot `(pointer + i) mod K` receives key i and the pointer advances by n mod K, so
-        after any sequence of calls the queue, read from the pointer on, holds the last K
-        keys in order. If n > K only the newest K keys are kept.
-        """
-        keys = ops.cast(keys, self.queue.dtype)
-        size = self.queue_size
-        n = keys.shape[0] if keys.shape[0] is not None else ops.shape(keys)[0]
-        start, count = self.queue_pointer, n
-        if isinstance(n, int) and n > size:
-            keys, start, count = keys[n - size :], start + (n - size), size
-        slots = (start + ops.arange(count, dtype="int32")) % size  # [count]
-        self.queue.assign(ops.scatter_update(self.queue, slots[:, None], keys))
-        self.queue_pointer.assign((self.queue_pointer + n) % size)
 
     def get_config(self):
         return {
