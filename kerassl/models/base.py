@@ -68,6 +68,9 @@ class SSLModel(keras.Model):
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(
             name="contrastive_accuracy"
         )
+        # The views are one XLA cluster even when the step is not XLA-compiled: gathers and
+        # elementwise ops fuse ~5x faster than op-by-op (benchmarks/throughput.py).
+        self._two_views = tf.function(self.make_views, jit_compile=True)
         # Encoder and head are built functional models, so the method is built from the
         # start: BackupAndRestore and save/load need built models before `fit`.
         self.build(encoder.input_shape)
@@ -95,6 +98,10 @@ class SSLModel(keras.Model):
         """Encoder then head: the embeddings the loss sees."""
         return self.head(self.encoder(views, training=training), training=training)
 
+    def make_views(self, images):
+        """Two independent random views of a batch."""
+        return self.augmenter(images, training=True), self.augmenter(images, training=True)
+
     def compute_ssl_loss(self, view1, view2, training=True):
         """Returns `(loss, logits, labels)` of the global batch; logits/labels may be None."""
         raise NotImplementedError
@@ -104,8 +111,7 @@ class SSLModel(keras.Model):
 
     def train_step(self, data):
         images = data[0] if isinstance(data, (tuple, list)) else data
-        view1 = self.augmenter(images, training=True)
-        view2 = self.augmenter(images, training=True)
+        view1, view2 = self._two_views(images)
         with tf.GradientTape() as tape:
             loss, logits, labels = self.compute_ssl_loss(view1, view2)
             scaled_loss = loss / num_replicas()
@@ -120,8 +126,7 @@ class SSLModel(keras.Model):
 
     def test_step(self, data):
         images = data[0] if isinstance(data, (tuple, list)) else data
-        view1 = self.augmenter(images, training=True)
-        view2 = self.augmenter(images, training=True)
+        view1, view2 = self._two_views(images)
         loss, logits, labels = self.compute_ssl_loss(view1, view2, training=False)
         self.loss_tracker.update_state(loss)
         if self.reports_accuracy and logits is not None:
