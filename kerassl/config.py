@@ -29,6 +29,14 @@ class TrainConfig:
     projection_dim: int = 128
     hidden_dim: int = 512
     temperature: float = 0.5
+    # MoCo (He et al. 2020, v2: Chen et al. 2020)
+    momentum: float = 0.99  # moving-average momentum m of the key encoder
+    queue_size: int = 4096  # negative keys K (65536 in the paper; 4096 for small datasets)
+    symmetric: bool = False  # add the loss with the two views swapped (MoCo v3)
+    bn_groups: int = 4  # Shuffling BN groups against BatchNorm leakage (1: plain BatchNorm)
+    # Barlow Twins (Zbontar et al. 2021)
+    bt_lambda: float = 5e-3  # weight λ of the off-diagonal (redundancy) term
+    projector_dims: str = "1024,1024,1024"  # widths of the projector's linear layers
     epochs: int = 10
     steps_per_epoch: int | None = None  # None: one pass over the unlabeled pool
     batch_size: int = 256
@@ -58,6 +66,20 @@ class TrainConfig:
             (self.projection_dim >= 1, "projection_dim", ">= 1"),
             (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch", ">= 1"),
             (self.max_unlabeled is None or self.max_unlabeled >= 2, "max_unlabeled", ">= 2"),
+            (0 <= self.momentum < 1, "momentum", "in [0, 1)"),
+            (self.queue_size >= 1, "queue_size", "an integer >= 1"),
+            (self.bn_groups >= 1, "bn_groups", "an integer >= 1"),
+            (
+                self.method != "moco" or self.batch_size % self.bn_groups == 0,
+                "batch_size",
+                f"a multiple of --bn-groups ({self.bn_groups}) for moco",
+            ),
+            (self.bt_lambda >= 0, "bt_lambda", ">= 0"),
+            (
+                all(w.strip().isdigit() and int(w) >= 1 for w in self.projector_dims.split(",")),
+                "projector_dims",
+                "comma-separated integers >= 1 (e.g. 1024,1024,1024)",
+            ),
         ]
         for ok, name, accepted in checks:
             if not ok:
