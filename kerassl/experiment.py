@@ -30,8 +30,10 @@ from kerassl.distribute import is_chief, make_strategy
 from kerassl.errors import UserError
 from kerassl.evaluation.knn import KNNMonitor
 from kerassl.evaluation.probes import extract_features, linear_probe
+from kerassl.models.barlow_twins import BarlowTwins, build_projector
 from kerassl.models.encoders import build_encoder
 from kerassl.models.heads import build_head
+from kerassl.models.moco import MoCo
 from kerassl.models.simclr import SimCLR
 from kerassl.optimizers import WarmupCosine, make_optimizer
 
@@ -40,8 +42,33 @@ def _simclr(config: TrainConfig, encoder, head, augmenter) -> SimCLR:
     return SimCLR(encoder, head, augmenter, temperature=config.temperature, name="simclr")
 
 
+def _moco(config: TrainConfig, encoder, head, augmenter) -> MoCo:
+    return MoCo(
+        encoder,
+        head,
+        augmenter,
+        temperature=config.temperature,
+        momentum=config.momentum,
+        queue_size=config.queue_size,
+        symmetric=config.symmetric,
+        bn_groups=config.bn_groups,
+        seed=config.seed,
+        name="moco",
+    )
+
+
+def _barlow_twins(config: TrainConfig, encoder, head, augmenter) -> BarlowTwins:
+    # The paper's projector (--projector-dims) takes the place of the --head options.
+    projector = build_projector(
+        encoder.output_shape[-1],
+        [int(width) for width in config.projector_dims.split(",")],
+        sync_bn=tf.distribute.get_strategy().num_replicas_in_sync > 1,
+    )
+    return BarlowTwins(encoder, projector, augmenter, lambda_=config.bt_lambda, name="barlow_twins")
+
+
 # Method name → builder(config, encoder, head, augmenter) -> SSLModel.
-METHODS = {"simclr": _simclr}
+METHODS = {"simclr": _simclr, "moco": _moco, "barlow_twins": _barlow_twins}
 
 
 @dataclass
@@ -133,6 +160,7 @@ def pretrain(config: TrainConfig, prepared: Prepared, run_dir: Path | None = Non
         steps_per_epoch=steps_per_epoch,
         callbacks=callbacks,
         verbose=verbose,
+        shuffle=False,  # the dataset shuffles itself, seeded
     )
     return model
 

@@ -229,7 +229,10 @@ def _find_application(model: keras.Model) -> tuple[str, keras.Model] | None:
         if not isinstance(layer, keras.Model):
             continue
         for kind, app_name in _APPLICATION_NAMES.items():
-            if layer.name == app_name:
+            # The keras.applications network itself (not a wrapper of the same name).
+            if layer.name == app_name and any(
+                _BLOCK_ENDS[kind].match(inner.name) for inner in layer.layers
+            ):
                 return kind, layer
         found = _find_application(layer)
         if found:
@@ -317,10 +320,17 @@ def train_dataset(
     augmenter: keras.Layer | None = None,
     seed: int = 0,
 ) -> tf.data.Dataset:
-    """Shuffled, batched, optionally augmented `(images, labels)` from uint8 arrays."""
+    """Shuffled, batched, optionally augmented `(images, labels)` from uint8 arrays.
+
+    Batches are full (`min(batch_size, len(x))` images; the remainder is dropped and
+    differs every epoch): no tiny last batch upsets BatchNorm, and one traced step
+    shape serves the whole training.
+    """
+    if len(x) == 0:
+        raise ValueError("x must hold at least one image.")
     dataset = tf.data.Dataset.from_tensor_slices((to_float(x), y.astype(np.int64)))
     dataset = dataset.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
+    dataset = dataset.batch(min(batch_size, len(x)), drop_remainder=True)
     if augmenter is not None and augmenter.layers:
         dataset = dataset.map(lambda images, labels: (augmenter(images, training=True), labels))
     return dataset.prefetch(tf.data.AUTOTUNE)

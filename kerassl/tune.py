@@ -1,0 +1,147 @@
+"""`python -m kerassl.tune MODEL|SEARCH.yaml [options]`: a resumable KerasTuner search.
+
+Tunes a supervised baseline (`cnn`, `mlp`, `resnet50`, `inceptionv3`) or SimCLR
+pretraining (`simclr`) on a label-scarce split; the objective is `val_accuracy` on the
+validation examples carved from the labeled ones. Prints and writes the results table,
+saves the best model and hyperparameters, then scores the best model once on the test
+split. Re-running the same command continues the search without redoing finished trials.
+
+Examples:
+    python -m kerassl.tune cnn --dataset fashion_mnist --labels 100 --max-trials 20
+    python -m kerassl.tune inceptionv3 --dataset stanford_dogs --labels 0.1 \\
+        --tuner bayesian --max-trials 10
+    python -m kerassl.tune tuning/cnn_fashion_mnist.yaml --max-trials 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+from kerassl.data.sources import DATASET_HELP, load_dataset
+from kerassl.data.splits import label_split, parse_labels
+from kerassl.errors import UserError, cli_entry
+from kerassl.tuning.config import MODELS, TUNERS, SearchConfig, ssl_base_config
+
+# TensorFlow, Keras and KerasTuner load only once the search definition is valid, so that
+# usage errors are reported at once (and without TensorFlow's start-up messages).
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kerassl.tune",
+        description="Resumable KerasTuner search for a supervised baseline or SimCLR, scored "
+        "on the labeled validation split; the best model is tested once on the test split.",
+    )
+    parser.add_argument(
+        "target",
+        help=f"model to tune ({', '.join(MODELS)}) or a YAML search definition "
+        "such as tuning/cnn_fashion_mnist.yaml",
+    )
+    add = parser.add_argument
+    add("--dataset", help=DATASET_HELP)
+    add("--data-dir", help="local data folder (IDX files, TFDS data_dir)")
+    add("--image-size", type=int, help="resize images to this square size")
+    add("--labels", help="label budget: total count (100) or fraction per class (0.1)")
+    add("--validation", type=float, help="fraction of the labels held out (default 0.2)")
+    add("--tuner", help=f"search algorithm: {', '.join(TUNERS)} (default random)")
+    add("--max-trials", type=int, help="trials in total, finished ones included (default 10)")
+    add("--epochs", type=int, help="maximum epochs per trial (simclr: pretraining epochs)")
+    add("--patience", type=int, help="early-stopping patience in epochs (default 40)")
+    add("--seed", type=int, help="seed of the split, the tuner and the trials (default 0)")
+    add("--weights", help="resnet50/inceptionv3 base: auto (ImageNet if cached), imagenet, none")
+    add("--out", help="output folder (default tuning_runs/<model>-<dataset>)")
+    add("--overwrite", action="store_true", help="discard a previous search in --out")
+    add("--no-download", action="store_true", help="never let TFDS download a dataset")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> SearchConfig:
+    """The YAML definition (or defaults for a model name) with CLI options on top."""
+    target = args.target
+    if target.endswith((".yaml", ".yml")) or os.path.isfile(target):
+        config = SearchConfig.from_yaml(target)
+    elif target in MODELS:
+        config = SearchConfig(model=target)
+    else:
+        raise UserError(
+            f"unknown model {target!r}; choose one of {', '.join(MODELS)} "
+            "or give a .yaml search definition"
+        )
+    for field in dataclasses.fields(SearchConfig):
+        value = getattr(args, field.name, None)
+        if value is not None and field.name != "model":
+            setattr(config, field.name, str(value) if field.name == "labels" else value)
+    config.validate()
+    return config
+
+
+def _classifier_search(config: SearchConfig, data, split, overwrite: bool) -> tuple[Any, dict]:
+    from kerassl.models.supervised import evaluate_classifier
+    from kerassl.tuning import search
+    from kerassl.tuning.hypermodels import make_hypermodel
+
+    hypermodel = make_hypermodel(
+        config.model,
+        data.x_train.shape[1:],
+        len(data.class_names),
+        space=config.space,
+        weights=None if config.weights == "none" else config.weights,
+        epochs=config.epochs,
+        patience=config.patience,
+        flip=data.preset != "digits",
+        seed=config.seed,
+    )
+    result = search.run_search(
+        config, hypermodel, data.x_train, data.y_train, split, overwrite=overwrite
+    )
+    return result, evaluate_classifier(result.best_model, data.x_test, data.y_test)
+
+
+def _ssl_search(config: SearchConfig, data, split, overwrite: bool) -> tuple[Any, dict]:
+    from kerassl.experiment import Prepared, evaluate
+    from kerassl.tuning import search
+    from kerassl.tuning.hypermodels import SimCLRHyperModel
+
+    base = ssl_base_config(config)
+    pool = data.x_train
+    if base.max_unlabeled and base.max_unlabeled < len(pool):
+        rng = np.random.default_rng(base.seed)
+        pool = pool[np.sort(rng.choice(len(pool), base.max_unlabeled, replace=False))]
+    hypermodel = SimCLRHyperModel(base, space=config.space)
+    prepared = Prepared(search.without_test(data), split, pool)
+    result = search.run_ssl_search(config, hypermodel, prepared, overwrite=overwrite)
+    best_config = dataclasses.replace(base, **result.best_hyperparameters)
+    metrics, _ = evaluate(best_config, Prepared(data, split, pool), result.best_model)
+    probe = metrics["linear_probe"]
+    return result, {"top1": probe["top1"], **({"top5": probe["top5"]} if probe["top5"] else {})}
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = resolve_config(args)
+    data = load_dataset(config.dataset, config.data_dir, config.image_size, not args.no_download)
+    split = label_split(data.y_train, parse_labels(config.labels), config.seed, config.validation)
+    searcher = _ssl_search if config.model == "simclr" else _classifier_search
+    result, test = searcher(config, data, split, args.overwrite)
+    from kerassl.tuning.search import to_markdown
+
+    out = config.output_dir()
+    test = {**test, "num_test": int(len(data.y_test)), "val_accuracy": result.best_score}
+    (out / "test_metrics.json").write_text(json.dumps(test, indent=2) + "\n")
+    print(to_markdown(result.table))
+    print(f"best hyperparameters: {json.dumps(result.best_hyperparameters)}")
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in test.items() if k not in ("num_test",))
+    print(f"best model ({config.model}, {len(result.table)} trials): {scores}; written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

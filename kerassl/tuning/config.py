@@ -1,0 +1,188 @@
+"""A hyperparameter search definition (`tuning/*.yaml`, or `kerassl.tune` options).
+
+Imports neither Keras nor KerasTuner: the CLI validates a definition before TensorFlow
+loads, so a bad definition is reported at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kerassl.errors import UserError
+from kerassl.tuning.spaces import DEFAULT_SPACES, SIMCLR_SPACE, parse_space
+
+TUNERS = ("random", "bayesian", "hyperband")
+MODELS = ("cnn", "mlp", "resnet50", "inceptionv3", "simclr")
+# Settings that change what a trial means: resuming with other values is refused.
+_IDENTITY = (
+    "model",
+    "dataset",
+    "image_size",
+    "labels",
+    "validation",
+    "tuner",
+    "epochs",
+    "seed",
+    "weights",
+    "space",
+    "ssl",
+)
+
+
+@dataclass
+class SearchConfig:
+    """One hyperparameter search (a `tuning/*.yaml` file, or CLI options).
+
+    Attributes:
+        model: `cnn`, `mlp`, `resnet50`, `inceptionv3` or `simclr`.
+        dataset: dataset name for `kerassl.data.sources.load_dataset`.
+        data_dir: local data folder (IDX files, TFDS data_dir).
+        image_size: square size images are resized to (None: native).
+        labels: label budget, a total count ("100") or a per-class fraction ("0.1").
+        validation: fraction of the labeled examples held out as the objective's split.
+        tuner: `random`, `bayesian` or `hyperband`.
+        max_trials: trials to run in total (a cap for Hyperband, which plans its own).
+        epochs: maximum epochs per trial (SimCLR: pretraining epochs per trial).
+        patience: early-stopping patience in epochs (supervised models).
+        seed: seed of the split, the tuner and every trial.
+        weights: `auto`, `imagenet` or `none` (ResNet-50/InceptionV3 bases).
+        space: overrides of the model's search space (name → range, list or value).
+        ssl: fixed `TrainConfig` settings of SimCLR trials (encoder, steps_per_epoch …).
+        out: output folder (default `tuning_runs/<model>-<dataset>`).
+    """
+
+    model: str = "cnn"
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    image_size: int | None = None
+    labels: str = "100"
+    validation: float = 0.2
+    tuner: str = "random"
+    max_trials: int = 10
+    epochs: int = 100
+    patience: int = 40
+    seed: int = 0
+    weights: str = "auto"
+    space: dict[str, Any] = field(default_factory=dict)
+    ssl: dict[str, Any] = field(default_factory=dict)
+    out: str | None = None
+
+    @classmethod
+    def from_dict(
+        cls, values: Mapping[str, Any], source: str = "search definition"
+    ) -> SearchConfig:
+        """Builds a config from a mapping; unknown keys are a `UserError`."""
+        if not isinstance(values, Mapping):
+            raise UserError(f"{source} must be a mapping of settings, got {type(values).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise UserError(
+                f"unknown key(s) {', '.join(map(str, unknown))} in {source}; "
+                f"known: {', '.join(names)}"
+            )
+        values = dict(values)
+        if values.get("labels") is not None:
+            values["labels"] = str(values["labels"])
+        if values.get("weights") is None and "weights" in values:
+            values["weights"] = "none"
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str) -> SearchConfig:
+        """Reads a YAML search definition (see `tuning/*.yaml`)."""
+        import yaml
+
+        try:
+            with open(path) as file:
+                values = yaml.safe_load(file)
+        except OSError as error:
+            raise UserError(f"cannot read search definition {path}: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            detail = str(error).replace("\n", " ")
+            raise UserError(f"{path} is not valid YAML: {detail}") from None
+        return cls.from_dict(values or {}, source=path)
+
+    def output_dir(self) -> Path:
+        """`out`, or `tuning_runs/<model>-<dataset>/` (dataset name made path-safe)."""
+        if self.out:
+            return Path(self.out)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.dataset)
+        return Path("tuning_runs") / f"{self.model}-{safe}"
+
+    def validate(self) -> None:
+        """Raises a one-line `UserError` for anything no search could run with."""
+        from kerassl.data.splits import parse_labels
+
+        if self.model not in MODELS:
+            raise UserError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.tuner not in TUNERS:
+            raise UserError(f"unknown tuner {self.tuner!r}; choose one of {', '.join(TUNERS)}")
+        checks = [
+            (_positive_int(self.max_trials), "max_trials", "an integer >= 1"),
+            (_positive_int(self.epochs), "epochs", "an integer >= 1"),
+            (_positive_int(self.patience), "patience", "an integer >= 1"),
+            (isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", "an integer"),
+            (
+                isinstance(self.validation, (int, float)) and 0 < self.validation < 1,
+                "validation",
+                "a fraction in (0, 1) (the objective needs validation examples)",
+            ),
+            (self.image_size is None or _positive_int(self.image_size), "image_size", ">= 1"),
+            (self.weights in ("auto", "imagenet", "none"), "weights", "auto, imagenet or none"),
+            (isinstance(self.space, Mapping), "space", "a mapping of hyperparameter specs"),
+            (isinstance(self.ssl, Mapping), "ssl", "a mapping of TrainConfig settings"),
+        ]
+        for ok, name, accepted in checks:
+            if not ok:
+                raise UserError(f"{name} must be {accepted}; got {getattr(self, name)!r}")
+        parse_labels(self.labels)
+        if self.ssl and self.model != "simclr":
+            raise UserError(f"ssl settings apply to model simclr only, not {self.model!r}")
+        try:
+            parse_space(DEFAULT_SPACES[self.model], self.space)
+        except ValueError as error:
+            raise UserError(f"bad search space for {self.model}: {error}") from None
+        if self.model == "simclr":
+            ssl_base_config(self)  # validates the ssl settings
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a resumed search must share with the one it continues."""
+        return json.loads(json.dumps({name: getattr(self, name) for name in _IDENTITY}))
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def ssl_base_config(config: SearchConfig):
+    """The `TrainConfig` every SimCLR trial starts from (validated)."""
+    from kerassl.config import TrainConfig
+
+    values = {
+        "method": "simclr",
+        "dataset": config.dataset,
+        "data_dir": config.data_dir,
+        "image_size": config.image_size,
+        "labels": config.labels,
+        "validation": config.validation,
+        "epochs": config.epochs,
+        "seed": config.seed,
+        "baseline": "none",
+        "knn_every": 0,
+        **config.ssl,
+    }
+    tuned = sorted(set(config.ssl) & set(SIMCLR_SPACE))
+    if tuned:
+        raise UserError(
+            f"ssl setting(s) {', '.join(tuned)} are tuned; fix them in space instead "
+            f"(e.g. space: {{{tuned[0]}: ...}})"
+        )
+    base = TrainConfig.from_json(values)
+    base.validate()
+    return base
