@@ -28,7 +28,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--labels", default=d.labels, help="labeled examples: a total stratified over classes (100 = 10 per class on 10 classes) or a fraction (0.1)")
     g.add_argument("--validation", type=float, default=d.validation, help="fraction of the labeled examples held out for model selection (default %(default)s)")
     g.add_argument("--max-unlabeled", type=int, help="use at most this many unlabeled images (quick runs)")
-    g.add_argument("--augment", help="augmentation preset: digits, natural, histology, none (default: chosen from the dataset)")
+    g.add_argument("--augment", help="augmentation preset: digits, fashion, natural, histology, none (default: chosen from the dataset)")
     g = p.add_argument_group("model")
     g.add_argument("--encoder", default=d.encoder, help="cnn (default), resnet18, resnet50, inceptionv3")
     g.add_argument("--weights", default=None, help="none (default) or imagenet (resnet50/inceptionv3)")
@@ -52,7 +52,8 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, default=d.learning_rate, help="peak learning rate (default %(default)s), linear warmup then cosine decay")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="weight decay (default %(default)s)")
     g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="learning-rate warmup (default %(default)s)")
-    g.add_argument("--no-xla", dest="jit_compile", action="store_false", help="do not compile the train step with XLA")
+    g.add_argument("--xla", dest="jit_compile", choices=("auto", "on", "off"), default="auto", help="XLA-compile the whole train step: auto (default) = on GPUs only, where it pays; the augmentation is always one XLA cluster")
+    g.add_argument("--no-xla", dest="jit_compile", action="store_const", const="off", help="same as --xla off")
     g.add_argument("--strategy", default=d.strategy, help="auto (default), default, mirrored, multi_worker (TF_CONFIG or SLURM)")
     g.add_argument("--cpu-devices", type=int, default=0, help="split the CPU into N logical devices (test MirroredStrategy without GPUs)")
     g = p.add_argument_group("evaluation and output")
@@ -75,6 +76,7 @@ def main(argv=None) -> int:
         split_cpu(args.cpu_devices)
     options = {k: v for k, v in vars(args).items() if k not in ("offline", "cpu_devices", "quiet")}
     weights = options.pop("weights")
+    options["jit_compile"] = {"on": True, "off": False}.get(options["jit_compile"], "auto")
     config = TrainConfig(
         **options,
         download=not args.offline,

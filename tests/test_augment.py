@@ -45,7 +45,7 @@ def test_presets_keep_shape_dtype_and_range(preset, channels):
     assert np.isfinite(y).all()
 
 
-@pytest.mark.parametrize("preset", ["digits", "natural", "histology"])
+@pytest.mark.parametrize("preset", ["digits", "fashion", "natural", "histology"])
 def test_two_calls_give_two_different_views(preset):
     augmenter = make_augmenter(preset, seed=0)
     x = images(channels=3)
@@ -54,7 +54,7 @@ def test_two_calls_give_two_different_views(preset):
     assert (np.abs(view1 - view2).reshape(len(x), -1).max(axis=1) > 1e-3).all()
 
 
-@pytest.mark.parametrize("preset", ["digits", "natural", "histology"])
+@pytest.mark.parametrize("preset", ["digits", "fashion", "natural", "histology"])
 def test_same_seed_same_views_other_seed_other_views(preset):
     x = images(channels=3)
     a, b = make_augmenter(preset, seed=7), make_augmenter(preset, seed=7)
@@ -76,7 +76,8 @@ def test_none_preset_is_identity_when_training():
 
 
 @pytest.mark.parametrize(
-    "preset, channels", [("digits", 1), ("natural", 3), ("natural", 1), ("histology", 3)]
+    "preset, channels",
+    [("digits", 1), ("fashion", 1), ("natural", 3), ("natural", 1), ("histology", 3)],
 )
 def test_runs_under_xla_with_unknown_batch(preset, channels):
     augmenter = make_augmenter(preset, seed=0)

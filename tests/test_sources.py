@@ -117,7 +117,7 @@ def test_fashion_mnist_from_debian_package(no_env):
     np.testing.assert_array_equal(np.bincount(data.y_train), [6000] * 10)
     np.testing.assert_array_equal(np.bincount(data.y_test), [1000] * 10)
     assert data.class_names == FASHION_MNIST_CLASSES and data.class_names[9] == "Ankle boot"
-    assert data.preset == "digits" and "fashion-mnist" in data.source
+    assert data.preset == "fashion" and "fashion-mnist" in data.source
     assert data.num_classes == 10 and data.image_shape == (28, 28, 1)
     assert data.x_train.max() == 255 and data.x_train.min() == 0
 

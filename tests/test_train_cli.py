@@ -77,3 +77,43 @@ def test_argparse_errors_are_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("kerassl: error:") and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("moco", ["--queue-size", "100", "--momentum", "0.9", "--bn-groups", "2", "--symmetric"]),
+        ("barlow_twins", ["--projector-dims", "64,64,32", "--bt-lambda", "0.01"]),
+    ],
+)
+def test_moco_and_barlow_twins_run_like_simclr(tmp_path, capsys, method, options):
+    argv = [method, "--dataset", "digits", "--labels", "50", "--max-unlabeled", "256",
+            "--batch-size", "32", "--epochs", "1", "--baseline", "none", "--xla", "on",
+            "--out", str(tmp_path), "--run-name", "run", "--quiet", *options]  # fmt: skip
+    assert main(argv) == 0
+    assert f"{method} + linear probe: top-1" in capsys.readouterr().out
+    run = tmp_path / "run"
+    config = json.loads((run / "config.json").read_text())
+    assert config["method"] == method and config["jit_compile"] is True
+    if method == "moco":
+        assert (config["queue_size"], config["momentum"], config["bn_groups"]) == (100, 0.9, 2)
+        assert config["symmetric"] is True
+    else:
+        assert (config["projector_dims"], config["bt_lambda"]) == ("64,64,32", 0.01)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["linear_probe"]["top1"] <= 1.0
+    assert metrics["dataset"]["num_unlabeled"] == 256
+
+
+def test_xla_setting():
+    from kerassl.config import TrainConfig
+    from kerassl.errors import UserError
+    from kerassl.experiment import step_jit_compile
+    from kerassl.train import build_parser
+
+    assert build_parser().parse_args(["simclr"]).jit_compile == "auto"
+    assert build_parser().parse_args(["simclr", "--no-xla"]).jit_compile == "off"
+    assert step_jit_compile(True) and not step_jit_compile(False)
+    assert not step_jit_compile("auto")  # no GPU here: the plain graph step is faster on CPU
+    with pytest.raises(UserError, match="--jit-compile must be auto, on or off"):
+        TrainConfig(jit_compile="sometimes").validate()

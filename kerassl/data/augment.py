@@ -34,7 +34,7 @@ from keras import ops
 
 from kerassl.errors import UserError
 
-PRESETS: tuple[str, ...] = ("digits", "natural", "histology", "none")
+PRESETS: tuple[str, ...] = ("digits", "fashion", "natural", "histology", "none")
 
 FLIP_MODES: tuple[str, ...] = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 FILL_MODES: tuple[str, ...] = ("reflect", "nearest", "constant")
@@ -69,6 +69,17 @@ _PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     # Digits and other centred glyphs: crops and rotations, never flips (6 and 9 must stay
     # apart), no colour. "nearest" repeats the border (black for MNIST-like data).
     "digits": {"crop_scale": (0.2, 1.0), "rotation": 45.0, "fill_mode": "nearest"},
+    # Centred grayscale objects without a handedness (Fashion-MNIST): crops and horizontal
+    # flips, and strong brightness/contrast jitter. Without the jitter, views of one image
+    # share their intensity histogram and SimCLR matches them by it: at 160 steps the probe
+    # (100 labels) reached 59 % with the digits preset, 71 % with jitter 0.4, 73 % with 0.8.
+    "fashion": {
+        "crop_scale": (0.3, 1.0),
+        "flip": "horizontal",
+        "brightness": 0.8,
+        "contrast": 0.8,
+        "color_jitter_prob": 0.8,
+    },
     # SimCLR appendix A with colour strength s = 0.5.
     "natural": {
         "crop_scale": (0.08, 1.0),
@@ -397,6 +408,9 @@ class Augmenter(keras.layers.Layer):
 
     - `digits`: random resized crop of 20-100 % of the area, rotation ±45°, no flips (6 and
       9 must stay apart), no colour.
+    - `fashion`: crop of 30-100 %, horizontal flip, brightness and contrast jitter 0.8 with
+      p = 0.8 (grayscale objects: without intensity jitter the views are matched by their
+      intensity histogram and the features collapse).
     - `natural`: SimCLR (Chen et al. 2020, appendix A): crop of 8-100 % of the area, aspect
       3/4-4/3, horizontal flip; colour jitter with strength s = 0.5 (brightness, contrast,
       saturation 0.8·s, hue 0.2·s) with p = 0.8 in random order; grayscale with p = 0.2;

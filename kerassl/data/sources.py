@@ -39,8 +39,9 @@ DATASET_HELP = (
     "read from --data-dir as the TFDS data_dir"
 )
 
-PRESETS = ("digits", "natural", "histology")
-_DIGITS_DATASETS = {"mnist", "fashion_mnist", "digits", "emnist", "kmnist"}
+PRESETS = ("digits", "fashion", "natural", "histology")
+_DIGITS_DATASETS = {"mnist", "digits", "emnist", "kmnist"}
+_FASHION_DATASETS = {"fashion_mnist"}
 _HISTOLOGY_DATASETS = {"pathmnist", "patch_camelyon", "colorectal_histology"}
 
 FASHION_MNIST_CLASSES = [
@@ -86,7 +87,7 @@ class ImageData:
         x_test: uint8 [M, H, W, C].
         y_test: int64 [M].
         class_names: one name per class index.
-        preset: default augmentation preset, one of "digits", "natural", "histology".
+        preset: default augmentation preset, one of "digits", "fashion", "natural", "histology".
         source: human-readable origin of the arrays.
     """
 
@@ -201,6 +202,8 @@ def default_preset(name: str) -> str:
     base = base.split("/")[0].split(":")[0]
     if base in _DIGITS_DATASETS:
         return "digits"
+    if base in _FASHION_DATASETS:
+        return "fashion"
     if base in _HISTOLOGY_DATASETS:
         return "histology"
     return "natural"
