@@ -237,7 +237,7 @@ def run(config: TrainConfig, verbose="auto") -> tuple[Path, dict]:
         if config.baseline != "none":
             from kerassl.models.supervised import supervised_baseline
 
-            metrics["baseline"] = supervised_baseline(
+            metrics["baseline"], baseline = supervised_baseline(
                 data, prepared.split, model=config.baseline, epochs=config.baseline_epochs,
                 seed=config.seed,
             )
@@ -251,6 +251,8 @@ def run(config: TrainConfig, verbose="auto") -> tuple[Path, dict]:
         if run_dir is not None:
             model.encoder.save(run_dir / "encoder.keras")
             classifier.save(run_dir / "classifier.keras")
+            if config.baseline != "none":
+                baseline.save(run_dir / "baseline.keras")
             (run_dir / "report.md").write_text(report(config, metrics))
             _write_json(run_dir / "metrics.json", metrics)
         return run_dir, metrics

@@ -181,8 +181,10 @@ def test_supervised_baseline_on_digits_beats_chance():
 
     data = load_dataset("digits")
     split = label_split(data.y_train, 100, seed=0, validation=0.2)
-    metrics = supervised_baseline(data, split, model="cnn", epochs=30, seed=0)
+    metrics, classifier = supervised_baseline(data, split, model="cnn", epochs=30, seed=0)
     assert set(metrics) == {"model", "top1", "top5", "epochs_run", "num_labeled"}
     assert metrics["num_labeled"] == 100 and 1 <= metrics["epochs_run"] <= 30
     assert metrics["top1"] > 0.4  # chance is 0.1
     assert metrics["top5"] >= metrics["top1"]
+    probabilities = classifier.predict(data.x_test[:4] / 255.0, verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)

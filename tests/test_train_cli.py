@@ -21,7 +21,7 @@ def test_simclr_on_digits_end_to_end(tmp_path):
     assert "supervised cnn baseline: top-1" in done.stdout
     run = tmp_path / "run"
     for name in ["config.json", "split.json", "history.csv", "encoder.keras", "classifier.keras",
-                 "metrics.json", "report.md", "augmentations.png"]:
+                 "baseline.keras", "metrics.json", "report.md", "augmentations.png"]:
         assert (run / name).is_file(), name
     assert any((run / "logs").iterdir())
     metrics = json.loads((run / "metrics.json").read_text())

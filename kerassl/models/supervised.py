@@ -507,7 +507,7 @@ def supervised_baseline(
     seed: int = 0,
     verbose: int = 0,
     **hparams: Any,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], keras.Model]:
     """Builds, trains (labeled examples only) and tests a supervised baseline.
 
     Args:
@@ -521,7 +521,7 @@ def supervised_baseline(
 
     Returns:
         `{"model", "top1", "top5" (> 5 classes), "epochs_run", "num_labeled"}` on the
-        test split.
+        test split, and the trained classifier ([0, 1] images → class probabilities).
     """
     keras.utils.set_random_seed(seed)
     num_classes = len(data.class_names)
@@ -535,4 +535,4 @@ def supervised_baseline(
         **metrics,
         "epochs_run": len(history.epoch),
         "num_labeled": int(len(split.labeled) + len(getattr(split, "validation", ()))),
-    }
+    }, classifier
