@@ -63,7 +63,9 @@ def main() -> None:
         probes = [r["linear_probe"]["top1"] for r in runs]
         seconds = statistics.fmean(r["pretrain_seconds"] for r in runs)
         speed = statistics.fmean(r["pretrain_images_per_second"] for r in runs)
-        rows.append((f"{method} + linear probe", mean_std(probes), f"{seconds:.0f}", f"{speed:.0f}"))
+        rows.append(
+            (f"{method} + linear probe", mean_std(probes), f"{seconds:.0f}", f"{speed:.0f}")
+        )
         if index == 0 and "baseline" in runs[0]:
             baselines = [r["baseline"]["top1"] for r in runs]
             baseline_name = runs[0]["baseline"]["model"]

@@ -82,15 +82,19 @@ def main() -> None:
     shape = (args.image_size, args.image_size, args.channels)
     images = np.random.default_rng(0).random((args.batch_size, *shape), dtype=np.float32)
     batch = tf.constant(images)
-    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
-          f"batch {args.batch_size}, images {shape}, encoder {args.encoder}, preset {args.preset}")
+    print(
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
+        f"batch {args.batch_size}, images {shape}, encoder {args.encoder}, preset {args.preset}"
+    )
 
     augmenter = make_augmenter(args.preset, seed=0)
     for jit in (False, True):
         two_views = tf.function(lambda x: (augmenter(x), augmenter(x)), jit_compile=jit)
-        seconds = time_steps(lambda: [v.numpy() for v in two_views(batch)], args.steps)
-        print(f"augmentation alone (2 views){' XLA' if jit else '    '}: "
-              f"{args.batch_size / seconds:8.0f} images/s")
+        seconds = time_steps(lambda f=two_views: [v.numpy() for v in f(batch)], args.steps)
+        print(
+            f"augmentation alone (2 views){' XLA' if jit else '    '}: "
+            f"{args.batch_size / seconds:8.0f} images/s"
+        )
 
     results = {}
     for jit in (False, True):
@@ -102,8 +106,10 @@ def main() -> None:
         iterator = iter(dataset)
         seconds = time_steps(lambda: step(iterator)["loss"].numpy(), args.steps)  # noqa: B023
         results[jit] = args.batch_size / seconds
-        print(f"SimCLR train step{' XLA' if jit else '    '}: {results[jit]:8.1f} images/s "
-              f"({1000 * seconds:.0f} ms/step)")
+        print(
+            f"SimCLR train step{' XLA' if jit else '    '}: {results[jit]:8.1f} images/s "
+            f"({1000 * seconds:.0f} ms/step)"
+        )
 
     flops_per_image = 3 * forward_flops(model, images) / args.batch_size * 2  # 2 views
     peak = matmul_flops()
@@ -111,8 +117,10 @@ def main() -> None:
     print(f"dense matmul: {peak / 1e9:.1f} GFLOP/s")
     for jit, rate in results.items():
         achieved = rate * flops_per_image
-        print(f"train step{' XLA' if jit else '    '}: {achieved / 1e9:.1f} GFLOP/s "
-              f"= {100 * achieved / peak:.0f} % of matmul")
+        print(
+            f"train step{' XLA' if jit else '    '}: {achieved / 1e9:.1f} GFLOP/s "
+            f"= {100 * achieved / peak:.0f} % of matmul"
+        )
     print(f"XLA speed-up of the whole step: {results[True] / results[False]:.2f}x")
 
 

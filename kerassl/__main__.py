@@ -22,7 +22,10 @@ def main(argv=None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"kerassl: error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        print(
+            f"kerassl: error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
     return importlib.import_module(f"kerassl.{command}").main(rest)
 

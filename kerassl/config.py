@@ -86,7 +86,9 @@ class TrainConfig:
         ]
         for ok, name, accepted in checks:
             if not ok:
-                raise UserError(f"--{name.replace('_', '-')} must be {accepted}; got {getattr(self, name)}")
+                raise UserError(
+                    f"--{name.replace('_', '-')} must be {accepted}; got {getattr(self, name)}"
+                )
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -96,7 +98,9 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise UserError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+            raise UserError(
+                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+            )
         return cls(**values)
 
     @classmethod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from kerassl.config import TrainConfig
@@ -19,48 +18,199 @@ def build_parser() -> ArgumentParser:
         description="Pretrain an encoder without labels, then classify with a few labels "
         "(linear probe) beside a supervised baseline trained on the same labels.",
     )
-    p.add_argument("method", nargs="?", default=d.method, help=f"SSL method: {', '.join(METHOD_NAMES)} (default {d.method})")
+    p.add_argument(
+        "method",
+        nargs="?",
+        default=d.method,
+        help=f"SSL method: {', '.join(METHOD_NAMES)} (default {d.method})",
+    )
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=d.dataset, help=DATASET_HELP)
-    g.add_argument("--data-dir", help="where local data lives (IDX files, TFDS data_dir); also $KERASSL_DATA_DIR")
-    g.add_argument("--offline", action="store_true", help="never download; fail with instructions if data is missing")
-    g.add_argument("--image-size", type=int, help="resize images to this square size (default: the dataset's)")
-    g.add_argument("--labels", default=d.labels, help="labeled examples: a total stratified over classes (100 = 10 per class on 10 classes) or a fraction (0.1)")
-    g.add_argument("--validation", type=float, default=d.validation, help="fraction of the labeled examples held out for model selection (default %(default)s)")
-    g.add_argument("--max-unlabeled", type=int, help="use at most this many unlabeled images (quick runs)")
-    g.add_argument("--augment", help="augmentation preset: digits, fashion, natural, histology, none (default: chosen from the dataset)")
+    g.add_argument(
+        "--data-dir",
+        help="where local data lives (IDX files, TFDS data_dir); also $KERASSL_DATA_DIR",
+    )
+    g.add_argument(
+        "--offline",
+        action="store_true",
+        help="never download; fail with instructions if data is missing",
+    )
+    g.add_argument(
+        "--image-size", type=int, help="resize images to this square size (default: the dataset's)"
+    )
+    g.add_argument(
+        "--labels",
+        default=d.labels,
+        help="labeled examples: a total stratified over classes (100 = 10 per class on 10 "
+        "classes) or a fraction (0.1)",
+    )
+    g.add_argument(
+        "--validation",
+        type=float,
+        default=d.validation,
+        help="fraction of the labeled examples held out for model selection (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-unlabeled", type=int, help="use at most this many unlabeled images (quick runs)"
+    )
+    g.add_argument(
+        "--augment",
+        help="augmentation preset: digits, fashion, natural, histology, none "
+        "(default: chosen from the dataset)",
+    )
     g = p.add_argument_group("model")
-    g.add_argument("--encoder", default=d.encoder, help="cnn (default), resnet18, resnet50, inceptionv3")
-    g.add_argument("--weights", default=None, help="none (default) or imagenet (resnet50/inceptionv3)")
-    g.add_argument("--head", default=d.head, help="projection head: linear, mlp (default), deep_mlp")
-    g.add_argument("--projection-dim", type=int, default=d.projection_dim, help="size of the head's output (default %(default)s)")
-    g.add_argument("--hidden-dim", type=int, default=d.hidden_dim, help="size of the head's hidden layers (default %(default)s)")
-    g.add_argument("--temperature", type=float, default=d.temperature, help="NT-Xent temperature (default %(default)s)")
+    g.add_argument(
+        "--encoder", default=d.encoder, help="cnn (default), resnet18, resnet50, inceptionv3"
+    )
+    g.add_argument(
+        "--weights", default=None, help="none (default) or imagenet (resnet50/inceptionv3)"
+    )
+    g.add_argument(
+        "--head", default=d.head, help="projection head: linear, mlp (default), deep_mlp"
+    )
+    g.add_argument(
+        "--projection-dim",
+        type=int,
+        default=d.projection_dim,
+        help="size of the head's output (default %(default)s)",
+    )
+    g.add_argument(
+        "--hidden-dim",
+        type=int,
+        default=d.hidden_dim,
+        help="size of the head's hidden layers (default %(default)s)",
+    )
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=d.temperature,
+        help="NT-Xent temperature (default %(default)s)",
+    )
     g = p.add_argument_group("moco")
-    g.add_argument("--momentum", type=float, default=d.momentum, help="moving-average momentum m of the key encoder (default %(default)s)")
-    g.add_argument("--queue-size", type=int, default=d.queue_size, help="negative keys K in the queue (default %(default)s; 65536 in the paper)")
-    g.add_argument("--symmetric", action="store_true", help="symmetric loss: also contrast the second view's queries with the first view's keys")
-    g.add_argument("--bn-groups", type=int, default=d.bn_groups, help="Shuffling BN groups against BatchNorm leakage, dividing the batch; 1 = plain BatchNorm (default %(default)s)")
+    g.add_argument(
+        "--momentum",
+        type=float,
+        default=d.momentum,
+        help="moving-average momentum m of the key encoder (default %(default)s)",
+    )
+    g.add_argument(
+        "--queue-size",
+        type=int,
+        default=d.queue_size,
+        help="negative keys K in the queue (default %(default)s; 65536 in the paper)",
+    )
+    g.add_argument(
+        "--symmetric",
+        action="store_true",
+        help="symmetric loss: also contrast the second view's queries with the first view's keys",
+    )
+    g.add_argument(
+        "--bn-groups",
+        type=int,
+        default=d.bn_groups,
+        help="Shuffling BN groups against BatchNorm leakage, dividing the batch; "
+        "1 = plain BatchNorm (default %(default)s)",
+    )
     g = p.add_argument_group("barlow_twins")
-    g.add_argument("--bt-lambda", type=float, default=d.bt_lambda, help="weight λ of the off-diagonal term (default %(default)s)")
-    g.add_argument("--projector-dims", default=d.projector_dims, help="widths of the projector's linear layers, replacing --head/--projection-dim/--hidden-dim (default %(default)s)")
+    g.add_argument(
+        "--bt-lambda",
+        type=float,
+        default=d.bt_lambda,
+        help="weight λ of the off-diagonal term (default %(default)s)",
+    )
+    g.add_argument(
+        "--projector-dims",
+        default=d.projector_dims,
+        help="widths of the projector's linear layers, replacing --head/--projection-dim/"
+        "--hidden-dim (default %(default)s)",
+    )
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="pretraining epochs (default %(default)s)")
-    g.add_argument("--steps-per-epoch", type=int, help="cap steps per epoch (default: one pass over the unlabeled pool)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="pretraining batch size (default %(default)s)")
-    g.add_argument("--optimizer", default=d.optimizer, help="adam (default; AdamW with weight decay), lars (use --lr ≈ 0.3 x batch/256), sgd")
-    g.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float, default=d.learning_rate, help="peak learning rate (default %(default)s), linear warmup then cosine decay")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="weight decay (default %(default)s)")
-    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="learning-rate warmup (default %(default)s)")
-    g.add_argument("--xla", dest="jit_compile", choices=("auto", "on", "off"), default="auto", help="XLA-compile the whole train step: auto (default) = on GPUs only, where it pays; the augmentation is always one XLA cluster")
-    g.add_argument("--no-xla", dest="jit_compile", action="store_const", const="off", help="same as --xla off")
-    g.add_argument("--strategy", default=d.strategy, help="auto (default), default, mirrored, multi_worker (TF_CONFIG or SLURM)")
-    g.add_argument("--cpu-devices", type=int, default=0, help="split the CPU into N logical devices (test MirroredStrategy without GPUs)")
+    g.add_argument(
+        "--epochs", type=int, default=d.epochs, help="pretraining epochs (default %(default)s)"
+    )
+    g.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        help="cap steps per epoch (default: one pass over the unlabeled pool)",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="pretraining batch size (default %(default)s)",
+    )
+    g.add_argument(
+        "--optimizer",
+        default=d.optimizer,
+        help="adam (default; AdamW with weight decay), lars (use --lr ≈ 0.3 x batch/256), sgd",
+    )
+    g.add_argument(
+        "--lr",
+        "--learning-rate",
+        dest="learning_rate",
+        type=float,
+        default=d.learning_rate,
+        help="peak learning rate (default %(default)s), linear warmup then cosine decay",
+    )
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        default=d.weight_decay,
+        help="weight decay (default %(default)s)",
+    )
+    g.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=d.warmup_epochs,
+        help="learning-rate warmup (default %(default)s)",
+    )
+    g.add_argument(
+        "--xla",
+        dest="jit_compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="XLA-compile the whole train step: auto (default) = on GPUs only, where it "
+        "pays; the augmentation is always one XLA cluster",
+    )
+    g.add_argument(
+        "--no-xla", dest="jit_compile", action="store_const", const="off", help="same as --xla off"
+    )
+    g.add_argument(
+        "--strategy",
+        default=d.strategy,
+        help="auto (default), default, mirrored, multi_worker (TF_CONFIG or SLURM)",
+    )
+    g.add_argument(
+        "--cpu-devices",
+        type=int,
+        default=0,
+        help="split the CPU into N logical devices (test MirroredStrategy without GPUs)",
+    )
     g = p.add_argument_group("evaluation and output")
-    g.add_argument("--baseline", default=d.baseline, help="supervised baseline on the same labels: cnn (default), cnn_deep, mlp, resnet50, inceptionv3, none")
-    g.add_argument("--baseline-epochs", type=int, default=d.baseline_epochs, help="max baseline epochs; early stopping on the validation labels (default %(default)s)")
-    g.add_argument("--knn-every", type=int, default=d.knn_every, help="kNN monitor every N epochs, 0 to disable (default %(default)s)")
-    g.add_argument("--seed", type=int, default=d.seed, help="seed of the split, augmentation and initialisation (default %(default)s)")
+    g.add_argument(
+        "--baseline",
+        default=d.baseline,
+        help="supervised baseline on the same labels: cnn (default), cnn_deep, mlp, "
+        "resnet50, inceptionv3, none",
+    )
+    g.add_argument(
+        "--baseline-epochs",
+        type=int,
+        default=d.baseline_epochs,
+        help="max baseline epochs; early stopping on the validation labels (default %(default)s)",
+    )
+    g.add_argument(
+        "--knn-every",
+        type=int,
+        default=d.knn_every,
+        help="kNN monitor every N epochs, 0 to disable (default %(default)s)",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="seed of the split, augmentation and initialisation (default %(default)s)",
+    )
     g.add_argument("--out", default=d.out, help="parent of the run directory (default %(default)s)")
     g.add_argument("--run-name", help="run directory name (default METHOD-DATASET-TIMESTAMP)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -93,7 +243,10 @@ def summary(config: TrainConfig, metrics: dict, run_dir) -> str:
     probe = metrics["linear_probe"]
     lines = [f"{config.method} + linear probe: top-1 {100 * probe['top1']:.1f} %"]
     if "baseline" in metrics:
-        lines.append(f"supervised {config.baseline} baseline: top-1 {100 * metrics['baseline']['top1']:.1f} %")
+        lines.append(
+            f"supervised {config.baseline} baseline: "
+            f"top-1 {100 * metrics['baseline']['top1']:.1f} %"
+        )
     lines.append(f"({metrics['dataset']['num_labeled']} labels; run dir: {run_dir})")
     return "\n".join(lines)
 

@@ -9,7 +9,11 @@ from kerassl.models.heads import build_head
 
 @pytest.mark.parametrize(
     "name, kwargs, dim",
-    [("cnn", {}, 128), ("cnn", {"pooling": "flatten", "filters": (8, 16)}, 16 * 4 * 4), ("resnet18", {"width": 4}, 32)],
+    [
+        ("cnn", {}, 128),
+        ("cnn", {"pooling": "flatten", "filters": (8, 16)}, 16 * 4 * 4),
+        ("resnet18", {"width": 4}, 32),
+    ],
 )
 def test_small_encoders_map_images_to_vectors(name, kwargs, dim):
     encoder = build_encoder(name, (16, 16, 1), **kwargs)
@@ -19,7 +23,8 @@ def test_small_encoders_map_images_to_vectors(name, kwargs, dim):
 
 def test_batchnorm_uses_momentum_suited_to_tiny_labeled_sets():
     encoder = build_encoder("cnn", (16, 16, 1))
-    moments = {l.momentum for l in encoder.layers if isinstance(l, keras.layers.BatchNormalization)}
+    norms = [lay for lay in encoder.layers if isinstance(lay, keras.layers.BatchNormalization)]
+    moments = {layer.momentum for layer in norms}
     assert moments == {0.9}
 
 
@@ -35,7 +40,9 @@ def test_image_adapter_repeats_channels_resizes_and_preprocesses():
     assert tf_mode.shape == (1, 16, 16, 3)
     np.testing.assert_allclose(np.asarray(tf_mode), 0.0, atol=1e-6)
     caffe = np.asarray(ImageAdapter(channels=3, mode="caffe")(np.ones((1, 2, 2, 3), "float32")))
-    np.testing.assert_allclose(caffe[0, 0, 0], [255 - 103.939, 255 - 116.779, 255 - 123.68], rtol=1e-6)
+    np.testing.assert_allclose(
+        caffe[0, 0, 0], [255 - 103.939, 255 - 116.779, 255 - 123.68], rtol=1e-6
+    )
 
 
 def test_encoder_save_load_round_trip(tmp_path):
@@ -51,7 +58,7 @@ def test_encoder_save_load_round_trip(tmp_path):
 def test_heads(kind, hidden):
     head = build_head(kind, 32, output_dim=8, hidden_dim=16)
     assert head(np.zeros((4, 32), "float32")).shape == (4, 8)
-    dense = [l for l in head.layers if isinstance(l, keras.layers.Dense)]
+    dense = [layer for layer in head.layers if isinstance(layer, keras.layers.Dense)]
     assert len(dense) == hidden + 1
 
 

@@ -54,7 +54,9 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_allclose(np.asarray(restored(images)), np.asarray(model(images)), atol=1e-5)
     model.encoder.save(tmp_path / "encoder.keras")
     encoder = keras.saving.load_model(tmp_path / "encoder.keras")
-    np.testing.assert_allclose(np.asarray(encoder(images)), np.asarray(model.encoder(images)), atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(encoder(images)), np.asarray(model.encoder(images)), atol=1e-5
+    )
 
 
 def test_rejects_bad_temperature():

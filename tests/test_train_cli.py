@@ -11,17 +11,42 @@ from kerassl.train import main
 
 def test_simclr_on_digits_end_to_end(tmp_path):
     cmd = [
-        sys.executable, "-m", "kerassl.train", "simclr", "--dataset", "digits",
-        "--epochs", "2", "--batch-size", "64", "--labels", "50", "--baseline-epochs", "5",
-        "--out", str(tmp_path), "--run-name", "run", "--quiet",
+        sys.executable,
+        "-m",
+        "kerassl.train",
+        "simclr",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--labels",
+        "50",
+        "--baseline-epochs",
+        "5",
+        "--out",
+        str(tmp_path),
+        "--run-name",
+        "run",
+        "--quiet",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "simclr + linear probe: top-1" in done.stdout
     assert "supervised cnn baseline: top-1" in done.stdout
     run = tmp_path / "run"
-    for name in ["config.json", "split.json", "history.csv", "encoder.keras", "classifier.keras",
-                 "baseline.keras", "metrics.json", "report.md", "augmentations.png"]:
+    for name in [
+        "config.json",
+        "split.json",
+        "history.csv",
+        "encoder.keras",
+        "classifier.keras",
+        "baseline.keras",
+        "metrics.json",
+        "report.md",
+        "augmentations.png",
+    ]:
         assert (run / name).is_file(), name
     assert any((run / "logs").iterdir())
     metrics = json.loads((run / "metrics.json").read_text())
@@ -40,7 +65,10 @@ def test_simclr_on_digits_end_to_end(tmp_path):
     [
         (["simsiam", "--dataset", "digits"], "unknown method 'simsiam'"),
         (["simclr", "--dataset", "no_such_dataset_xyz"], "no_such_dataset_xyz"),
-        (["simclr", "--dataset", "digits", "--labels", "1500"], "class 0 has 142 labeled examples, 150 asked"),
+        (
+            ["simclr", "--dataset", "digits", "--labels", "1500"],
+            "class 0 has 142 labeled examples, 150 asked",
+        ),
         (["simclr", "--dataset", "digits", "--batch-size", "100000"], "--batch-size 100000"),
         (["simclr", "--dataset", "digits", "--epochs", "0"], "--epochs"),
         (["simclr", "--dataset", "digits", "--encoder", "vgg"], "unknown encoder"),
@@ -56,8 +84,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
 
 
 def test_missing_local_data_offline_says_how_to_get_it(tmp_path, capsys):
-    code = main(["simclr", "--dataset", "mnist", "--data-dir", str(tmp_path), "--offline",
-                 "--out", str(tmp_path / "runs")])
+    code = main(
+        [
+            "simclr",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(tmp_path),
+            "--offline",
+            "--out",
+            str(tmp_path / "runs"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
     assert "--data-dir" in err  # tells the user where to put the files

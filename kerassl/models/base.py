@@ -65,9 +65,7 @@ class SSLModel(keras.Model):
         self.head = head
         self.augmenter = augmenter
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(
-            name="contrastive_accuracy"
-        )
+        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="contrastive_accuracy")
         # The views are one XLA cluster even when the step is not XLA-compiled: gathers and
         # elementwise ops fuse ~5x faster than op-by-op (benchmarks/throughput.py).
         self._two_views = tf.function(self.make_views, jit_compile=True)
@@ -117,7 +115,7 @@ class SSLModel(keras.Model):
             scaled_loss = loss / num_replicas()
         variables = self.trainable_variables
         gradients = tape.gradient(scaled_loss, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables))
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         self.after_step()
         self.loss_tracker.update_state(loss)
         if self.reports_accuracy and logits is not None:

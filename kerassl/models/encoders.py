@@ -111,7 +111,9 @@ def small_cnn(
     x = inputs
     for block, width in enumerate(filters):
         for conv in range(convs_per_block):
-            x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"b{block}_conv{conv}")(x)
+            x = layers.Conv2D(
+                width, 3, padding="same", use_bias=False, name=f"b{block}_conv{conv}"
+            )(x)
             x = _bn(sync_bn, f"b{block}_bn{conv}")(x)
             x = layers.ReLU(name=f"b{block}_relu{conv}")(x)
         if x.shape[1] >= 2 and x.shape[2] >= 2:
@@ -127,7 +129,9 @@ def small_cnn(
 
 def _basic_block(x, width: int, stride: int, sync_bn: bool, name: str):
     shortcut = x
-    y = layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    y = layers.Conv2D(
+        width, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1"
+    )(x)
     y = _bn(sync_bn, f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)

@@ -46,7 +46,9 @@ def build_head(
     for i in range(hidden_layers):
         x = layers.Dense(hidden_dim, use_bias=not batch_norm, name=f"hidden{i}")(x)
         if batch_norm:
-            x = layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=sync_bn, name=f"bn{i}")(x)
+            x = layers.BatchNormalization(
+                momentum=BN_MOMENTUM, synchronized=sync_bn, name=f"bn{i}"
+            )(x)
         x = layers.ReLU(name=f"relu{i}")(x)
     x = layers.Dense(output_dim, name="projection")(x)
     return keras.Model(inputs, x, name=name)
