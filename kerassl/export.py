@@ -1,6 +1,7 @@
 """`python -m kerassl.export`: export a run for TF Serving, or verify an export.
 
 python -m kerassl.export runs/simclr-fashion_mnist-… --name fashion_simclr --out export/
+python -m kerassl.export runs/simclr-fashion_mnist-… --name fashion_cnn --model baseline
 python -m kerassl.export --verify export/fashion_simclr/1
 """
 
@@ -20,6 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("run_dir", nargs="?", help="finished run directory to export")
     parser.add_argument("--name", help="model name, as in /v1/models/<name>")
+    parser.add_argument(
+        "--model",
+        choices=("classifier", "baseline"),
+        default="classifier",
+        help="which of the run's models: classifier (classifier.keras, encoder + linear "
+        "probe; default) or baseline (baseline.keras, the supervised baseline)",
+    )
     parser.add_argument(
         "--version", type=int, help="version number (default: highest existing + 1)"
     )
@@ -68,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from kerassl.serving.export import check_model_name, export_run, read_run_dir
 
     check_model_name(args.name)
-    read_run_dir(args.run_dir)  # fail on a bad run dir before importing TensorFlow models
+    read_run_dir(args.run_dir, args.model)  # fail on a bad run dir before loading models
     path = export_run(
         args.run_dir,
         args.name,
@@ -76,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         version=args.version,
         top_k=args.top_k,
         config_base_path=args.config_base_path,
+        model=args.model,
     )
-    print(f"exported {args.run_dir} to {path}")
+    print(f"exported {args.run_dir} ({args.model}) to {path}")
     print(f"verify with: python -m kerassl.export --verify {path}")
     return 0
 

@@ -38,6 +38,12 @@ def rgb_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def baseline_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("baseline") / "run"
+    return make_run_dir(run_dir, image_size=16, channels=1, seed=4, baseline=True)
+
+
+@pytest.fixture(scope="module")
 def gray_export(gray_run, tmp_path_factory):
     return export_lib.export_run(gray_run, "gray", tmp_path_factory.mktemp("export"))
 
@@ -57,7 +63,7 @@ def keras_models(run_dir):
 # --- run dir checks and layout -----------------------------------------------------------
 
 
-def test_refuses_unfinished_run_and_run_without_classifier(tmp_path):
+def test_refuses_unfinished_run_and_run_without_classifier_or_baseline(tmp_path):
     run_dir = make_run_dir(tmp_path / "run", image_size=8)
     (run_dir / "metrics.json").unlink()
     with pytest.raises(UserError, match="metrics.json"):
@@ -68,6 +74,10 @@ def test_refuses_unfinished_run_and_run_without_classifier(tmp_path):
         export_lib.export_run(run_dir, "m", tmp_path / "export")
     with pytest.raises(UserError, match="does not exist"):
         export_lib.read_run_dir(tmp_path / "missing")
+    # metrics.json names a baseline that an older kerassl trained but did not save.
+    (run_dir / "metrics.json").write_text('{"baseline": {"model": "cnn", "top1": 0.5}}')
+    with pytest.raises(UserError, match="did not save baseline.keras"):
+        export_lib.export_run(run_dir, "m", tmp_path / "export", model="baseline")
     assert not (tmp_path / "export").exists()
 
 
@@ -183,6 +193,65 @@ def test_verify_cli_fails_against_another_models_weights(gray_export, tmp_path, 
     assert "FAILED" in out and "serving_default/probabilities" in out
 
 
+# --- the supervised baseline beside the SSL classifier ---------------------------------
+
+
+def test_export_cli_baseline_verifies_against_baseline_keras(baseline_run, tmp_path, capsys):
+    out = tmp_path / "export"
+    argv = [str(baseline_run), "--out", str(out)]
+    assert export_cli.main([*argv, "--name", "ssl"]) == 0
+    assert export_cli.main([*argv, "--name", "cnn", "--model", "baseline"]) == 0
+    capsys.readouterr()
+    config = (out / "models.config").read_text()
+    assert 'name: "ssl"' in config and 'name: "cnn"' in config
+
+    ssl_meta = export_lib.read_export_metadata(out / "ssl" / "1")
+    assert ssl_meta["model"] == "classifier" and ssl_meta["keras_file"] == "classifier.keras"
+    assert ssl_meta["method"] == "fake" and "baseline" in ssl_meta["metrics"]
+    metadata = export_lib.read_export_metadata(out / "cnn" / "1")
+    assert metadata["model"] == "baseline" and metadata["keras_file"] == "baseline.keras"
+    assert metadata["method"] == "supervised cnn_deep" and metadata["run_method"] == "fake"
+    metrics = json.loads((baseline_run / "metrics.json").read_text())
+    assert metadata["metrics"] == metrics["baseline"]
+
+    # Reloaded in a fresh process without kerassl, compared with baseline.keras.
+    report = verify_export(out / "cnn" / "1", tolerance=1e-5)
+    assert report.problems == [] and report.model == "baseline"
+    assert set(report.max_abs_diff) == {
+        "serving_default/probabilities",
+        "predict_images/probabilities",
+        "embed/embeddings",
+    }
+    assert report.worst <= 1e-5 and report.ok
+    assert "baseline.keras" in report.summary()
+    assert export_cli.main(["--verify", str(out / "cnn" / "1")]) == 0
+    assert "OK" in capsys.readouterr().out
+
+    # The export is the baseline, not the classifier; embed is the last Dense layer's input.
+    images = sample_images(16, 1, count=4, seed=6)
+    baseline = keras.saving.load_model(baseline_run / "baseline.keras")
+    classifier, _ = keras_models(baseline_run)
+    loaded = tf.saved_model.load(str(out / "cnn" / "1"))
+    encoded = tf.constant([png(image) for image in images])
+    probabilities = loaded.signatures["serving_default"](image_bytes=encoded)["probabilities"]
+    x = images.astype("float32") / 255.0
+    np.testing.assert_allclose(probabilities, baseline(x), atol=1e-5)
+    assert np.max(np.abs(probabilities - classifier(x))) > 1e-2
+    embeddings = loaded.signatures["embed"](image_bytes=encoded)["embeddings"].numpy()
+    features = keras.Model(baseline.input, baseline.get_layer("predictions").input)
+    assert embeddings.shape == (4, 24)
+    np.testing.assert_allclose(embeddings, features(x), atol=1e-5)
+
+
+def test_verify_of_a_baseline_export_against_a_run_without_baseline_is_a_user_error(
+    baseline_run, gray_run, tmp_path, capsys
+):
+    path = export_lib.export_run(baseline_run, "cnn", tmp_path / "export", model="baseline")
+    assert export_cli.main(["--verify", str(path), "--run-dir", str(gray_run)]) == 2
+    err = capsys.readouterr().err
+    assert "has no baseline.keras" in err and err.count("\n") == 1
+
+
 # --- CLI -------------------------------------------------------------------------------
 
 
@@ -204,6 +273,10 @@ def test_export_cli_writes_next_version(gray_run, tmp_path, capsys):
         (["{run}", "--name", "a b", "--out", "{tmp}"], "model name 'a b'"),
         (["{run}", "--name", "m", "--version", "0", "--out", "{tmp}"], "--version"),
         (["--verify", "{tmp}"], "not a SavedModel version directory"),
+        (
+            ["{run}", "--name", "m", "--model", "baseline", "--out", "{tmp}/export"],
+            "has no baseline.keras: it was trained with --baseline none",
+        ),
     ],
 )
 def test_export_cli_user_errors_are_one_line(argv, message, gray_run, tmp_path, capsys):
@@ -211,3 +284,4 @@ def test_export_cli_user_errors_are_one_line(argv, message, gray_run, tmp_path, 
     assert export_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("kerassl: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "export").exists()

@@ -2,7 +2,9 @@
 
 TF Serving reads `<base>/<model_name>/<version>/saved_model.pb` (+ `variables/`) and, with
 `--model_config_file`, a `models.config` listing every model. `export_run` writes one
-version of one model there and rewrites `<base>/models.config`.
+version of one model there and rewrites `<base>/models.config`. The model is one of a run's
+classifiers (`MODEL_FILES`): the SSL `classifier.keras` (encoder + linear probe, the
+default) or the supervised `baseline.keras` trained on the same labels.
 
 The SavedModel is self-contained: decoding, channel conversion, resizing and scaling are
 TensorFlow ops inside its graph, so it loads with `tf.saved_model.load` alone (no kerassl
@@ -14,10 +16,11 @@ import, no custom objects) and TF Serving can run it. Signatures:
 - `predict_images`: `images` (float32 [N, H, W, 1..4], pixel values in [0, 255], i.e. a
   uint8 image as float; any size) → the same three outputs. From Python, the loaded
   object's `predict_images` attribute also accepts a uint8 tensor.
-- `embed`: `image_bytes` → `embeddings` (float32 [N, D]) from the run's encoder.
+- `embed`: `image_bytes` → `embeddings` (float32 [N, D]) from the run's encoder; for the
+  baseline (and a run without `encoder.keras`), the input of the model's last Dense layer.
 
-kerassl-specific metadata (class names, image size, channels, run dir, metrics) goes to
-`assets.extra/kerassl.json`, a directory TF Serving ignores.
+kerassl-specific metadata (which model, class names, image size, channels, run dir, the
+exported model's metrics) goes to `assets.extra/kerassl.json`, a directory TF Serving ignores.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ IMAGES_INPUT = "images"
 METADATA_FILE = Path("assets.extra") / "kerassl.json"
 MODELS_CONFIG = "models.config"
 
+# `--model` choice → the run directory's Keras file exported for it.
+MODEL_FILES = {"classifier": "classifier.keras", "baseline": "baseline.keras"}
+
 # ITU-R 601-2 luma weights, the ones tf.image.rgb_to_grayscale and PIL's "L" mode use.
 GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
@@ -60,15 +66,27 @@ class RunInfo:
     class_names: tuple[str, ...]
     method: str
     dataset: str
+    model: str = "classifier"
+
+    @property
+    def model_file(self) -> str:
+        """The Keras file of `model` in the run directory (`classifier.keras`, …)."""
+        return MODEL_FILES[self.model]
 
 
-def read_run_dir(run_dir: str | Path) -> RunInfo:
+def read_run_dir(run_dir: str | Path, model: str = "classifier") -> RunInfo:
     """Reads and checks a finished run directory (see ARCHITECTURE.md).
 
+    Args:
+        run_dir: the run directory.
+        model: which of the run's models is wanted, a key of `MODEL_FILES`.
+
     Raises:
-        UserError: the directory is missing, unfinished (no `metrics.json`), has no
-            `classifier.keras`, or its `config.json` lacks a needed field.
+        UserError: the directory is missing, unfinished (no `metrics.json`), lacks the
+            model's Keras file, or its `config.json` lacks a needed field.
     """
+    if model not in MODEL_FILES:
+        raise UserError(f"--model must be one of {', '.join(MODEL_FILES)}, got {model!r}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory {str(run_dir)!r} does not exist")
@@ -77,11 +95,18 @@ def read_run_dir(run_dir: str | Path) -> RunInfo:
             f"run directory {str(run_dir)!r} has no metrics.json: the run is unfinished; "
             "export a run that completed"
         )
-    if not (run_dir / "classifier.keras").is_file():
+    if model == "classifier" and not (run_dir / "classifier.keras").is_file():
         raise UserError(
             f"run directory {str(run_dir)!r} has no classifier.keras: only runs that "
             "trained a classifier can be exported"
         )
+    if model == "baseline" and not (run_dir / "baseline.keras").is_file():
+        metrics = _read_json_or_none(run_dir / "metrics.json")
+        if isinstance(metrics, dict) and "baseline" in metrics:
+            reason = "its baseline was trained by a kerassl that did not save baseline.keras"
+        else:
+            reason = "it was trained with --baseline none"
+        raise UserError(f"run {str(run_dir)!r} has no baseline.keras: {reason}")
     config_path = run_dir / "config.json"
     try:
         config = json.loads(config_path.read_text())
@@ -107,11 +132,17 @@ def read_run_dir(run_dir: str | Path) -> RunInfo:
         class_names=tuple(str(name) for name in class_names),
         method=str(config.get("method", "unknown")),
         dataset=str(config.get("dataset", "unknown")),
+        model=model,
     )
 
 
-def load_run_models(run_dir: str | Path):
+def load_run_models(run_dir: str | Path, model: str = "classifier"):
     """Loads `(classifier, encoder)` from a run directory; `encoder` may be None.
+
+    Args:
+        run_dir: the run directory.
+        model: a key of `MODEL_FILES`. For `"baseline"`, `classifier` is `baseline.keras`
+            and `encoder` is None (the baseline has no separate encoder).
 
     kerassl's custom layers are registered first by importing `kerassl.models` (skipped
     when that package cannot be imported yet).
@@ -123,7 +154,9 @@ def load_run_models(run_dir: str | Path):
     except ImportError:
         pass
     run_dir = Path(run_dir)
-    classifier = keras.saving.load_model(run_dir / "classifier.keras", compile=False)
+    classifier = keras.saving.load_model(run_dir / MODEL_FILES[model], compile=False)
+    if model != "classifier":
+        return classifier, None
     encoder_path = run_dir / "encoder.keras"
     encoder = (
         keras.saving.load_model(encoder_path, compile=False) if encoder_path.is_file() else None
@@ -136,12 +169,15 @@ def _embedding_model(classifier, encoder):
 
     When the classifier contains a sub-model with exactly the encoder's weights (a linear
     probe on a frozen encoder), that sub-model is used so the SavedModel stores the encoder
-    once. Without `encoder.keras`, the classifier's input to its last layer is used.
+    once. Without an encoder (a baseline, or a run without `encoder.keras`), the input of
+    the classifier's last Dense layer is used (of its last layer if it has no Dense layer).
     """
     import keras
 
     if encoder is None:
-        return keras.Model(classifier.inputs, classifier.layers[-1].input, name="embedder")
+        dense = [layer for layer in classifier.layers if isinstance(layer, keras.layers.Dense)]
+        last = dense[-1] if dense else classifier.layers[-1]
+        return keras.Model(classifier.input, last.input, name="embedder")
     reference = encoder.get_weights()
     for layer in classifier.layers:
         if not isinstance(layer, keras.Model) or len(layer.weights) != len(reference):
@@ -334,11 +370,14 @@ def export_run(
     version: int | None = None,
     top_k: int = 5,
     config_base_path: str = "/models",
+    model: str = "classifier",
 ) -> Path:
-    """Exports a run's classifier (and encoder) to `<out_dir>/<name>/<version>/`.
+    """Exports a run's classifier (and encoder) or baseline to `<out_dir>/<name>/<version>/`.
 
     The SavedModel is written to a hidden temporary directory and renamed into place, so
-    a server polling `out_dir` never sees half a model.
+    a server polling `out_dir` never sees half a model. `assets.extra/kerassl.json` records
+    `model`; for the baseline, its `method` is `"supervised <architecture>"` and its
+    `metrics` are the baseline's entry of `metrics.json`.
 
     Args:
         run_dir: a finished run directory.
@@ -347,11 +386,13 @@ def export_run(
         version: version number; default one more than the highest existing version.
         top_k: class ids/names returned per image.
         config_base_path: where `out_dir` is mounted for TF Serving (for models.config).
+        model: `"classifier"` (`classifier.keras`, the SSL encoder + linear probe) or
+            `"baseline"` (`baseline.keras`, the supervised baseline).
 
     Returns:
         The version directory written.
     """
-    info = read_run_dir(run_dir)
+    info = read_run_dir(run_dir, model)
     check_model_name(name)
     if version is not None and version < 1:
         raise UserError(f"--version must be a positive integer, got {version}")
@@ -365,7 +406,7 @@ def export_run(
         )
     model_dir.mkdir(parents=True, exist_ok=True)
 
-    classifier, encoder = load_run_models(info.run_dir)
+    classifier, encoder = load_run_models(info.run_dir, model)
     module = ServingModule(
         classifier,
         _embedding_model(classifier, encoder),
@@ -380,14 +421,15 @@ def export_run(
         metadata = {
             "name": name,
             "run_dir": str(info.run_dir),
-            "method": info.method,
+            "model": model,
+            "keras_file": info.model_file,
+            **_model_description(info),
             "dataset": info.dataset,
             "image_size": info.image_size,
             "channels": info.channels,
             "class_names": list(info.class_names),
             "top_k": module.top_k,
             "signatures": [SERVING_DEFAULT, PREDICT_IMAGES, EMBED],
-            "metrics": _read_json_or_none(info.run_dir / "metrics.json"),
             "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "tensorflow_version": tf.__version__,
         }
@@ -408,6 +450,28 @@ def export_run(
             shutil.rmtree(staging, ignore_errors=True)
     write_models_config(out_dir, base_path=config_base_path)
     return model_dir / str(number)
+
+
+def _model_description(info: RunInfo) -> dict:
+    """`method` and `metrics` of the exported model, for `assets.extra/kerassl.json`.
+
+    The classifier keeps the run's method and its whole `metrics.json`; the baseline gets
+    `"supervised <architecture>"`, the run's method as `run_method`, and the `"baseline"`
+    entry of `metrics.json`.
+    """
+    metrics = _read_json_or_none(info.run_dir / "metrics.json")
+    if info.model == "classifier":
+        return {"method": info.method, "metrics": metrics}
+    baseline = metrics.get("baseline") if isinstance(metrics, dict) else None
+    architecture = baseline.get("model") if isinstance(baseline, dict) else None
+    if architecture is None:
+        config = _read_json_or_none(info.run_dir / "config.json") or {}
+        architecture = config.get("baseline", "unknown")
+    return {
+        "method": f"supervised {architecture}",
+        "run_method": info.method,
+        "metrics": baseline,
+    }
 
 
 def _read_json_or_none(path: Path):

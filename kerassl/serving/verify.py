@@ -3,7 +3,9 @@
 `verify_export` writes sample images (raw uint8 and PNG-encoded), runs
 `standalone_check.py` with `python -I` (repository off `sys.path`, `kerassl` imports
 refused) to load the SavedModel with TensorFlow alone and run every signature, and compares
-those outputs with the run's `classifier.keras` / `encoder.keras` on the same images.
+those outputs with the Keras model that was exported — the run's `classifier.keras` /
+`encoder.keras`, or `baseline.keras` when `assets.extra/kerassl.json` records
+`"model": "baseline"` — on the same images.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class VerifyReport:
     Attributes:
         export_dir: the SavedModel version directory checked.
         run_dir: the run whose Keras models were the reference.
+        model: which of the run's models was the reference (`"classifier"`, `"baseline"`).
         num_images: sample images compared.
         tolerance: largest accepted absolute difference.
         max_abs_diff: per `<signature>/<output>`, the largest absolute difference.
@@ -55,6 +58,7 @@ class VerifyReport:
     run_dir: Path
     num_images: int
     tolerance: float
+    model: str = "classifier"
     max_abs_diff: dict[str, float] = field(default_factory=dict)
     mismatches: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -75,7 +79,8 @@ class VerifyReport:
 
     def summary(self) -> str:
         lines = [
-            f"verify {self.export_dir} against {self.run_dir} on {self.num_images} images "
+            f"verify {self.export_dir} against {self.run_dir / export_lib.MODEL_FILES[self.model]}"
+            f" on {self.num_images} images "
             "(loaded in a fresh process without kerassl)"
         ]
         lines += [f"  {key}: max abs diff {value:.3g}" for key, value in self.max_abs_diff.items()]
@@ -133,8 +138,10 @@ def _check_signatures(found: dict) -> list[str]:
     return problems
 
 
-def _keras_reference(run_dir: Path, images: np.ndarray, top_k: int, class_names) -> dict:
-    classifier, encoder = export_lib.load_run_models(run_dir)
+def _keras_reference(
+    run_dir: Path, images: np.ndarray, top_k: int, class_names, model: str = "classifier"
+) -> dict:
+    classifier, encoder = export_lib.load_run_models(run_dir, model)
     x = images.astype(np.float32) / np.float32(255.0)
     probabilities = np.asarray(classifier(x, training=False), dtype=np.float32)
     embedder = encoder if encoder is not None else export_lib._embedding_model(classifier, None)
@@ -160,7 +167,9 @@ def verify_export(
 
     Args:
         export_dir: `<base>/<name>/<version>` directory written by `export_run`.
-        run_dir: the run to compare with; default the one recorded at export time.
+        run_dir: the run to compare with; default the one recorded at export time. Its
+            Keras file of the exported model (`"model"` in `kerassl.json`, default the
+            classifier) is the reference.
         tolerance: largest accepted absolute difference of probabilities/embeddings.
         num_images: number of sample images.
         timeout: seconds allowed for the fresh process.
@@ -181,9 +190,12 @@ def verify_export(
         if "run_dir" not in metadata:
             raise UserError(f"{export_dir} records no run directory; pass --run-dir")
         run_dir = metadata["run_dir"]
-    info = export_lib.read_run_dir(run_dir)
+    model = metadata.get("model", "classifier")
+    if model not in export_lib.MODEL_FILES:
+        raise UserError(f"{export_dir} records an unknown model {model!r}")
+    info = export_lib.read_run_dir(run_dir, model)
     top_k = int(metadata.get("top_k", min(5, len(info.class_names))))
-    report = VerifyReport(export_dir, info.run_dir, num_images, tolerance)
+    report = VerifyReport(export_dir, info.run_dir, num_images, tolerance, model)
     images = sample_images(info.image_size, info.channels, num_images)
 
     with tempfile.TemporaryDirectory(prefix="kerassl-verify-") as scratch:
@@ -215,7 +227,7 @@ def verify_export(
         with np.load(output_path) as data:
             exported = {key: data[key] for key in data.files}
 
-    reference = _keras_reference(info.run_dir, images, top_k, info.class_names)
+    reference = _keras_reference(info.run_dir, images, top_k, info.class_names, model)
     for key, expected in reference.items():
         if key not in exported:
             continue  # a missing signature is already a problem

@@ -4,7 +4,8 @@
 kerassl layers, so it does not depend on training code), gives every weight — including
 BatchNormalization's moving statistics — seeded non-trivial values, and saves the files of
 the run directory contract (ARCHITECTURE.md): `config.json`, `encoder.keras`,
-`classifier.keras`, `metrics.json`.
+`classifier.keras`, `metrics.json`, and with `baseline=True` a differently shaped
+supervised `baseline.keras`.
 """
 
 from __future__ import annotations
@@ -63,16 +64,7 @@ def build_fake_models(image_size: int = 16, channels: int = 1, num_classes: int 
     x = layers.GlobalAveragePooling2D()(x)
     encoder = keras.Model(inputs, x, name="encoder")
 
-    # Give BatchNormalization non-default statistics so that an export that lost the
-    # non-trainable variables would produce different outputs.
-    rng = np.random.default_rng(seed)
-    for layer in encoder.layers:
-        if isinstance(layer, layers.BatchNormalization):
-            width = layer.gamma.shape[0]
-            layer.gamma.assign(rng.uniform(0.5, 1.5, width).astype("float32"))
-            layer.beta.assign(rng.normal(0.0, 0.1, width).astype("float32"))
-            layer.moving_mean.assign(rng.normal(0.0, 0.2, width).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.2, 2.0, width).astype("float32"))
+    _set_batch_norm_statistics(encoder, np.random.default_rng(seed))
 
     class_inputs = keras.Input((image_size, image_size, channels), name="images")
     probabilities = layers.Dense(
@@ -86,6 +78,63 @@ def build_fake_models(image_size: int = 16, channels: int = 1, num_classes: int 
     return encoder, classifier
 
 
+def _set_batch_norm_statistics(model, rng) -> None:
+    """Gives every BatchNormalization of `model` seeded non-default weights and statistics.
+
+    An export that lost the non-trainable variables then produces different outputs.
+    """
+    from keras import layers
+
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            width = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, width).astype("float32"))
+            layer.beta.assign(rng.normal(0.0, 0.1, width).astype("float32"))
+            layer.moving_mean.assign(rng.normal(0.0, 0.2, width).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.2, 2.0, width).astype("float32"))
+
+
+def build_fake_baseline(
+    image_size: int = 16, channels: int = 1, num_classes: int = 3, seed: int = 0
+):
+    """Builds a seeded supervised baseline shaped like kerassl's `cnn_deep` (no kerassl layers).
+
+    conv-BN-ReLU-maxpool, flatten, Dense(24)-BN-ReLU-dropout, then the Dense softmax
+    `predictions`: its last Dense layer's input (24 features) is what `embed` serves.
+
+    Args:
+        image_size: int, height and width of the [0, 1] float input images.
+        channels: int, 1 or 3.
+        num_classes: int, width of the softmax output.
+        seed: int, seeds every initializer and the BatchNormalization statistics.
+
+    Returns:
+        A Keras functional model, [0, 1] images → class probabilities.
+    """
+    import keras
+    from keras import layers
+
+    def init(offset: int):
+        return keras.initializers.GlorotUniform(seed=seed * 100 + 50 + offset)
+
+    inputs = keras.Input((image_size, image_size, channels), name="images")
+    x = layers.Conv2D(6, 3, padding="same", use_bias=False, kernel_initializer=init(1))(inputs)
+    x = layers.BatchNormalization(momentum=0.9)(x)
+    x = layers.ReLU()(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(24, use_bias=False, kernel_initializer=init(2), name="dense0")(x)
+    x = layers.BatchNormalization(momentum=0.9)(x)
+    x = layers.ReLU()(x)
+    x = layers.Dropout(0.5)(x)
+    outputs = layers.Dense(
+        num_classes, activation="softmax", kernel_initializer=init(3), name="predictions"
+    )(x)
+    baseline = keras.Model(inputs, outputs, name="cnn_deep")
+    _set_batch_norm_statistics(baseline, np.random.default_rng(seed + 50))
+    return baseline
+
+
 def make_run_dir(
     path: str | Path,
     image_size: int = 16,
@@ -93,6 +142,7 @@ def make_run_dir(
     num_classes: int = 3,
     seed: int = 0,
     class_names: list[str] | None = None,
+    baseline: bool = False,
 ) -> Path:
     """Writes a finished run directory with a small real (untrained) network.
 
@@ -103,6 +153,8 @@ def make_run_dir(
         num_classes: int, number of classes.
         seed: int, seeds the weights and the synthetic test images.
         class_names: optional names; default Fashion-MNIST's names (then `class_<i>`).
+        baseline: also write `baseline.keras` (`build_fake_baseline`) and its entry
+            `"baseline"` in `metrics.json`, as `kerassl train` does unless `--baseline none`.
 
     Returns:
         The run directory as a `Path`.
@@ -134,11 +186,16 @@ def make_run_dir(
         "channels": channels,
         "class_names": list(class_names),
         "seed": seed,
+        "baseline": "cnn_deep" if baseline else "none",
         "versions": {"keras": keras.__version__},
     }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     encoder.save(run_dir / "encoder.keras")
     classifier.save(run_dir / "classifier.keras")
+    baseline_model = None
+    if baseline:
+        baseline_model = build_fake_baseline(image_size, channels, num_classes, seed)
+        baseline_model.save(run_dir / "baseline.keras")
 
     # metrics.json is written last, as `kerassl train` does; its numbers are the untrained
     # network's real accuracy on seeded random images with random labels.
@@ -151,6 +208,14 @@ def make_run_dir(
         "test_accuracy": float(np.mean(predicted == y_test)),
         "num_test": int(len(y_test)),
     }
+    if baseline_model is not None:
+        predicted = np.argmax(baseline_model.predict(x_test, verbose=0), axis=-1)
+        metrics["baseline"] = {
+            "model": "cnn_deep",
+            "top1": float(np.mean(predicted == y_test)),
+            "epochs_run": 0,
+            "num_labeled": 0,
+        }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return run_dir
 
