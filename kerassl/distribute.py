@@ -44,6 +44,11 @@ def make_strategy(kind: str = "auto") -> tf.distribute.Strategy:
       several, else the default (single-device) strategy.
     - `default`, `mirrored`, `multi_worker`: that strategy. Multi-worker reads the cluster
       from `TF_CONFIG`, or from SLURM's environment through `SlurmClusterResolver`.
+
+    Multi-worker configures the collective ops of the process, which TensorFlow allows only
+    before its context is initialised: call this before any TensorFlow op runs (data
+    loading included). The multi-worker strategy is made once per process and returned
+    again by later calls.
     """
     if kind not in STRATEGIES:
         raise UserError(f"unknown strategy {kind!r}; choose one of {', '.join(STRATEGIES)}")
@@ -58,10 +63,29 @@ def make_strategy(kind: str = "auto") -> tf.distribute.Strategy:
         return tf.distribute.get_strategy()
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy(devices=_device_names())
-    if "TF_CONFIG" not in os.environ and _slurm_workers() > 1:
-        resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
-        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    global _multi_worker
+    if _multi_worker is None:
+        if "TF_CONFIG" not in os.environ and _slurm_workers() > 1:
+            resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
+            _multi_worker = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+        else:
+            _multi_worker = tf.distribute.MultiWorkerMirroredStrategy()
+    return _multi_worker
+
+
+# The process's MultiWorkerMirroredStrategy: its collective ops can be configured only once.
+_multi_worker: tf.distribute.Strategy | None = None
+
+
+def describe(strategy: tf.distribute.Strategy) -> dict:
+    """`{"strategy": kind, "replicas": n}` of a strategy, for the run's config.json."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        kind = "multi_worker"
+    elif isinstance(strategy, tf.distribute.MirroredStrategy):
+        kind = "mirrored"
+    else:
+        kind = "default"
+    return {"strategy": kind, "replicas": int(strategy.num_replicas_in_sync)}
 
 
 def _tf_config_workers() -> int:

@@ -26,7 +26,7 @@ from kerassl.data.augment import make_augmenter, save_augmentation_grid
 from kerassl.data.pipeline import pretrain_dataset
 from kerassl.data.sources import ImageData, load_dataset
 from kerassl.data.splits import Split, label_split, parse_labels
-from kerassl.distribute import is_chief, make_strategy
+from kerassl.distribute import describe, is_chief, make_strategy
 from kerassl.errors import UserError
 from kerassl.evaluation.knn import KNNMonitor
 from kerassl.evaluation.probes import extract_features, linear_probe
@@ -131,17 +131,35 @@ def step_jit_compile(setting: bool | str) -> bool:
     return bool(setting)
 
 
-def pretrain(config: TrainConfig, prepared: Prepared, run_dir: Path | None = None, verbose="auto"):
-    """Pretrains the configured method on the unlabeled pool; returns the SSL model."""
+def pretrain(
+    config: TrainConfig,
+    prepared: Prepared,
+    run_dir: Path | None = None,
+    verbose="auto",
+    strategy: tf.distribute.Strategy | None = None,
+):
+    """Pretrains the configured method on the unlabeled pool; returns the SSL model.
+
+    `strategy` defaults to `make_strategy(config.strategy)`; a multi-worker strategy must
+    have been made before any TensorFlow op ran (`run` makes it first).
+    """
     keras.utils.set_random_seed(config.seed)
     data, split = prepared.data, prepared.split
-    strategy = make_strategy(config.strategy)
+    if strategy is None:
+        strategy = make_strategy(config.strategy)
     per_epoch = len(prepared.pool) // config.batch_size
     steps_per_epoch = min(config.steps_per_epoch or per_epoch, per_epoch)
     preset = config.augment or data.preset
     with strategy.scope():
         model = build_method(config, data.image_shape, preset, steps_per_epoch * config.epochs)
     dataset = pretrain_dataset(prepared.pool, config.batch_size, seed=config.seed)
+    # Several workers: every worker runs the same seeded pipeline, and DATA sharding (after
+    # Keras splits each global batch into per-replica batches) gives worker i the i-th slice
+    # of every global batch. Said explicitly: the pool is a tensor, not files, so AUTO would
+    # try FILE sharding first and fall back to DATA with a warning.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    dataset = dataset.with_options(options)
     callbacks = []
     if config.knn_every:
         # kNN accuracy of the validation labels against the training labels: a label-free
@@ -157,6 +175,10 @@ def pretrain(config: TrainConfig, prepared: Prepared, run_dir: Path | None = Non
             )
         )
     if run_dir is not None:
+        # The chief's only, also under several workers: Keras 3's BackupAndRestore (unlike
+        # tf.keras 2's, which other workers had to run too, into temporary directories),
+        # CSVLogger and TensorBoard read local values and run no collective op. Resuming is
+        # not an issue: a run directory is always new, so there is never a backup to restore.
         callbacks += [
             keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints")),
             keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
@@ -219,6 +241,9 @@ def run(config: TrainConfig, verbose="auto") -> tuple[Path, dict]:
     A user error raised after the run dir was created removes it; metrics.json is
     written last, so an interrupted run never looks finished.
     """
+    # The strategy first: a multi-worker strategy can only be made before TensorFlow runs
+    # an op, and loading data runs some.
+    strategy = make_strategy(config.strategy)
     prepared = prepare(config)
     data = prepared.data
     chief = is_chief()
@@ -226,8 +251,8 @@ def run(config: TrainConfig, verbose="auto") -> tuple[Path, dict]:
     try:
         started = time.time()
         if run_dir is not None:
-            _write_run_header(run_dir, config, prepared)
-        model = pretrain(config, prepared, run_dir, verbose=verbose)
+            _write_run_header(run_dir, config, prepared, strategy)
+        model = pretrain(config, prepared, run_dir, verbose=verbose, strategy=strategy)
         pretrain_seconds = time.time() - started
         metrics, classifier = evaluate(config, prepared, model.encoder)
         metrics["pretrain_seconds"] = round(pretrain_seconds, 1)
@@ -262,7 +287,9 @@ def run(config: TrainConfig, verbose="auto") -> tuple[Path, dict]:
         raise
 
 
-def _write_run_header(run_dir: Path, config: TrainConfig, prepared: Prepared) -> None:
+def _write_run_header(
+    run_dir: Path, config: TrainConfig, prepared: Prepared, strategy: tf.distribute.Strategy
+) -> None:
     data = prepared.data
     resolved = config.to_json() | {
         "image_size": int(data.image_shape[0]),
@@ -270,6 +297,7 @@ def _write_run_header(run_dir: Path, config: TrainConfig, prepared: Prepared) ->
         "class_names": list(data.class_names),
         "augment": config.augment or data.preset,
         "source": data.source,
+        "distribution": describe(strategy),  # what --strategy resolved to
         "versions": {
             "kerassl": __import__("kerassl").__version__,
             "tensorflow": tf.__version__,

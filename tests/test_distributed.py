@@ -63,6 +63,7 @@ def compare(method: str, strategy) -> dict:
     import keras
     import numpy as np
 
+    from kerassl.evaluation.probes import extract_features
     from kerassl.testing.synthetic import tiny_images
 
     images = tiny_images(GLOBAL_BATCH, 16)[0].astype("float32") / 255
@@ -91,12 +92,19 @@ def compare(method: str, strategy) -> dict:
         for w, start in zip(single.weights, initial, strict=True)
         if w.path.endswith("kernel")
     )
+    pixels = (images * 255).round().astype("uint8")
+    single_features = extract_features(single.encoder, pixels)
+    mirrored_features = extract_features(mirrored.encoder, pixels)
     result = {
         "single_losses": single_losses,
         "mirrored_losses": mirrored_losses,
         "weights": max(weight_diffs),
         "replicas": max(replica_diffs),
         "moved": moved,
+        "feature_shapes": [list(single_features.shape), list(mirrored_features.shape)],
+        "features": float(np.abs(single_features - mirrored_features).max())
+        if single_features.shape == mirrored_features.shape
+        else None,
     }
     if method == "moco":
         queues = replicas(mirrored.queue.keys)
@@ -132,6 +140,9 @@ def test_two_replicas_match_one_device(results, method):
     assert result["single_losses"] == pytest.approx(result["mirrored_losses"], abs=1e-5), result
     assert result["weights"] < 2e-5, result
     assert result["replicas"] == 0.0, result
+    # Probe/kNN features of the mirrored encoder: one row per image, not one per replica.
+    assert result["feature_shapes"][0] == result["feature_shapes"][1], result
+    assert result["features"] < 2e-4, result
     if method == "moco":
         # Keys of both replicas enter the queue in global-batch order, on every replica.
         assert result["queue"] < 2e-5, result

@@ -51,10 +51,20 @@ def extract_features(
     scale = 1.0 / 255.0 if x.dtype == np.uint8 else 1.0
     if len(x) == 0:
         return np.zeros((0, encoder.output_shape[-1]), np.float32)
+    predict = encoder.predict_on_batch
+    if encoder.distribute_strategy.num_replicas_in_sync > 1:
+        # An encoder built under a multi-replica strategy: `predict_on_batch` would run the
+        # whole batch on every replica and concatenate the replicas' outputs (replicas x N
+        # rows; under MultiWorkerMirroredStrategy gathered from every worker, a collective
+        # that hangs unless all workers call it). Every replica holds the same weights, so
+        # the local copy embeds the batch alone.
+        def predict(batch):
+            return encoder(batch, training=False)
+
     chunks = []
     for start in range(0, len(x), batch_size):
         batch = x[start : start + batch_size].astype(np.float32) * scale
-        chunks.append(np.asarray(encoder.predict_on_batch(batch), np.float32))
+        chunks.append(np.asarray(predict(batch), np.float32))
     features = np.concatenate(chunks)
     return features.reshape(len(x), -1)
 

@@ -29,6 +29,26 @@ def all_gather(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return gathered, offset
 
 
+def _step_logs(metrics) -> dict:
+    """The results a train/test step returns to `fit`/`evaluate`.
+
+    Under MultiWorkerMirroredStrategy across several workers Keras 3 (3.15) reduces the
+    step's outputs with `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars
+    ("Invalid reduction dimension 0 for input with 0 dimensions", tensorflow#72388). There
+    the results go out as [1] vectors, which that reduction turns back into the scalars
+    (the same on every replica: the trackers see global-batch values). The condition is
+    Keras' own (`keras/src/backend/tensorflow/trainer.py`, `_collective_all_reduce_multi_worker`).
+    """
+    logs = {m.name: m.result() for m in metrics}
+    strategy = tf.distribute.get_strategy()
+    if (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    ):
+        logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+    return logs
+
+
 def update_momentum(source: keras.Model, target: keras.Model, momentum: float) -> None:
     """Moving average θ_target ← m·θ_target + (1 − m)·θ_source over all weights.
 
@@ -120,7 +140,7 @@ class SSLModel(keras.Model):
         self.loss_tracker.update_state(loss)
         if self.reports_accuracy and logits is not None:
             self.accuracy_tracker.update_state(labels, logits)
-        return {m.name: m.result() for m in self.metrics}
+        return _step_logs(self.metrics)
 
     def test_step(self, data):
         images = data[0] if isinstance(data, (tuple, list)) else data
@@ -129,7 +149,7 @@ class SSLModel(keras.Model):
         self.loss_tracker.update_state(loss)
         if self.reports_accuracy and logits is not None:
             self.accuracy_tracker.update_state(labels, logits)
-        return {m.name: m.result() for m in self.metrics}
+        return _step_logs(self.metrics)
 
     def get_config(self):
         config = super().get_config()
