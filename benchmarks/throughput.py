@@ -2,13 +2,16 @@
 
 Prints, in one run (ratios within one run are what count on noisy shared machines):
 - the augmentation pipeline alone (two views per image, batch 256), images/s;
-- the SimCLR train step (default encoder, batch 256, Fashion-MNIST-sized images) with and
-  without XLA for the whole step, images/s, including augmentation (it runs inside the step
-  and is always one XLA cluster);
+- the SimCLR train step as `kerassl train` builds it (default encoder, batch 256,
+  Fashion-MNIST-sized images) with and without XLA for the whole step, images/s, including
+  augmentation (it runs inside the step and is always one XLA cluster);
+- where the plain step's time goes (views, forward, loss + backward, optimizer), and the
+  plain step of the other methods (`--other-methods`) relative to SimCLR's;
 - the train step's achieved FLOP/s (forward FLOPs counted by TensorFlow's profiler on the
   traced graph, x3 for forward + backward) next to a measured dense float32 matmul FLOP/s.
 
 Usage: python benchmarks/throughput.py [--batch-size 256] [--steps 20] [--encoder cnn]
+       [--preset fashion]
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from kerassl.config import TrainConfig  # noqa: E402
 from kerassl.data.augment import make_augmenter  # noqa: E402
-from kerassl.models.encoders import build_encoder  # noqa: E402
-from kerassl.models.heads import build_head  # noqa: E402
-from kerassl.models.simclr import SimCLR  # noqa: E402
+from kerassl.experiment import build_method  # noqa: E402
+from kerassl.models.base import SSLModel  # noqa: E402
 
 
 def matmul_flops(n: int = 2048, repeats: int = 20) -> float:
@@ -63,11 +66,44 @@ def time_steps(fn, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def build(encoder_name: str, image_shape, preset: str) -> SimCLR:
+def breakdown(model: SSLModel, batch: tf.Tensor, steps: int) -> dict[str, float]:
+    """Seconds per call of the step's parts (plain graphs), cumulatively: the two views;
+    + forward of encoder and head on both; + loss and backward; the whole step adds the
+    optimizer update (from the caller's measurement)."""
+    views = tf.function(lambda x: tf.reduce_sum(model._two_views(x)))
+
+    @tf.function
+    def forward(x):
+        v1, v2 = model._two_views(x)
+        return tf.reduce_sum(model.project(tf.concat([v1, v2], axis=0), training=True))
+
+    @tf.function
+    def backward(x):
+        v1, v2 = model._two_views(x)
+        with tf.GradientTape() as tape:
+            loss = model.compute_ssl_loss(v1, v2)[0]
+        gradients = tape.gradient(loss, model.trainable_variables)
+        return tf.add_n([tf.reduce_sum(g) for g in gradients])  # a scalar: no copies out
+
+    def run(fn):
+        return lambda: fn(batch).numpy()
+
+    return {name: time_steps(run(fn), steps) for name, fn in
+            [("views", views), ("forward", forward), ("backward", backward)]}  # fmt: skip
+
+
+def build(method: str, encoder: str, image_shape, preset: str, jit: bool):
+    """The model `kerassl train` builds (same head, optimizer and schedule), compiled."""
     keras.utils.set_random_seed(0)
-    encoder = build_encoder(encoder_name, image_shape)
-    head = build_head("mlp", encoder.output_shape[-1])
-    return SimCLR(encoder, head, make_augmenter(preset, seed=0))
+    config = TrainConfig(method=method, encoder=encoder, augment=preset, jit_compile=jit)
+    return build_method(config, image_shape, preset, steps=1000)
+
+
+def time_train_step(model, batch: tf.Tensor, steps: int) -> float:
+    """Seconds per call of the compiled Keras train function on one repeated batch."""
+    model.make_train_function()
+    iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    return time_steps(lambda: model.train_function(iterator)["loss"].numpy(), steps)
 
 
 def main() -> None:
@@ -77,7 +113,11 @@ def main() -> None:
     parser.add_argument("--encoder", default="cnn")
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--preset", default="digits")
+    parser.add_argument("--preset", default="fashion")
+    parser.add_argument(
+        "--other-methods", nargs="*", default=["moco", "barlow_twins"],
+        help="methods whose plain train step is timed beside SimCLR's",
+    )  # fmt: skip
     args = parser.parse_args()
     shape = (args.image_size, args.image_size, args.channels)
     images = np.random.default_rng(0).random((args.batch_size, *shape), dtype=np.float32)
@@ -98,18 +138,32 @@ def main() -> None:
 
     results = {}
     for jit in (False, True):
-        model = build(args.encoder, shape, args.preset)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit)
-        model.make_train_function()
-        step = model.train_function
-        dataset = tf.data.Dataset.from_tensors(batch).repeat()
-        iterator = iter(dataset)
-        seconds = time_steps(lambda: step(iterator)["loss"].numpy(), args.steps)  # noqa: B023
+        model = build("simclr", args.encoder, shape, args.preset, jit)
+        seconds = time_train_step(model, batch, args.steps)
         results[jit] = args.batch_size / seconds
         print(
             f"SimCLR train step{' XLA' if jit else '    '}: {results[jit]:8.1f} images/s "
             f"({1000 * seconds:.0f} ms/step)"
         )
+        if not jit:
+            parts = breakdown(model, batch, args.steps)
+            parts["step"] = seconds
+            previous, shares = 0.0, []
+            labels = {
+                "views": "two views (XLA cluster)",
+                "forward": "forward",
+                "backward": "loss + backward",
+                "step": "optimizer, rest",
+            }
+            for name, label in labels.items():
+                shares.append(f"{label} {1000 * (parts[name] - previous):.0f} ms")
+                previous = parts[name]
+            print("  where the plain step's time goes: " + ", ".join(shares))
+    for method in args.other_methods:
+        seconds = time_train_step(build(method, args.encoder, shape, args.preset, False),
+                                  batch, args.steps)  # fmt: skip
+        rate = args.batch_size / seconds
+        print(f"{method} train step: {rate:8.1f} images/s ({rate / results[False]:.2f}x SimCLR's)")
 
     flops_per_image = 3 * forward_flops(model, images) / args.batch_size * 2  # 2 views
     peak = matmul_flops()

@@ -526,8 +526,18 @@ def supervised_baseline(
     keras.utils.set_random_seed(seed)
     num_classes = len(data.class_names)
     classifier = build_classifier(model, data.x_train.shape[1:], num_classes, **hparams)
+    # Horizontal flips join the label-set augmentation unless the images are digit-like
+    # (the same default as the flip hyperparameter of `kerassl.tune`).
+    flip = data.preset != "digits"
     history = fit_supervised(
-        classifier, data.x_train, data.y_train, split, epochs=epochs, seed=seed, verbose=verbose
+        classifier,
+        data.x_train,
+        data.y_train,
+        split,
+        epochs=epochs,
+        seed=seed,
+        verbose=verbose,
+        flip=flip,
     )
     metrics = evaluate_classifier(classifier, data.x_test, data.y_test)
     return {
