@@ -195,7 +195,9 @@ def pretrain(
     return model
 
 
-def evaluate(config: TrainConfig, prepared: Prepared, encoder: keras.Model) -> tuple[dict, keras.Model]:
+def evaluate(
+    config: TrainConfig, prepared: Prepared, encoder: keras.Model
+) -> tuple[dict, keras.Model]:
     """Linear probe of the frozen encoder on all the labels of the split, scored once on
     the whole test split. Returns metrics and the classifier (encoder + probe)."""
     data, split = prepared.data, prepared.split
@@ -225,7 +227,9 @@ def new_run_dir(config: TrainConfig) -> Path:
     except FileExistsError:
         raise UserError(f"run directory {path} already exists; choose another --run-name") from None
     except OSError as error:
-        raise UserError(f"cannot create run directory under {config.out}: {error.strerror}") from None
+        raise UserError(
+            f"cannot create run directory under {config.out}: {error.strerror}"
+        ) from None
     return path
 
 
@@ -257,13 +261,20 @@ def run(config: TrainConfig, verbose="auto") -> tuple[Path, dict]:
         metrics, classifier = evaluate(config, prepared, model.encoder)
         metrics["pretrain_seconds"] = round(pretrain_seconds, 1)
         metrics["pretrain_images_per_second"] = round(
-            config.epochs * (model.history.params.get("steps") or 0) * config.batch_size / pretrain_seconds, 1
+            config.epochs
+            * (model.history.params.get("steps") or 0)
+            * config.batch_size
+            / pretrain_seconds,
+            1,
         )
         if config.baseline != "none":
             from kerassl.models.supervised import supervised_baseline
 
             metrics["baseline"], baseline = supervised_baseline(
-                data, prepared.split, model=config.baseline, epochs=config.baseline_epochs,
+                data,
+                prepared.split,
+                model=config.baseline,
+                epochs=config.baseline_epochs,
                 seed=config.seed,
             )
         metrics["dataset"] = {
@@ -327,12 +338,15 @@ def report(config: TrainConfig, metrics: dict) -> str:
     ]
     if "baseline" in metrics:
         base = metrics["baseline"]
-        lines.append(
-            f"| supervised {config.baseline} (same labels) | {_pct(base['top1'])} | {_pct(base.get('top5'))} |"
-        )
+        name = f"supervised {config.baseline} (same labels)"
+        lines.append(f"| {name} | {_pct(base['top1'])} | {_pct(base.get('top5'))} |")
     lines += ["", "Augmented pairs: ![augmentations](augmentations.png)", ""]
     return "\n".join(lines)
 
 
 def _pct(value) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f} %"
+    return (
+        "–"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{100 * value:.1f} %"
+    )
