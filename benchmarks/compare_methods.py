@@ -9,14 +9,18 @@ same labels (once per seed, by the first method's runs).
 Usage:
     python benchmarks/compare_methods.py --methods simclr moco barlow_twins --seeds 0 1 2 \\
         --out runs/compare -- --epochs 2 --labels 100
-Everything after `--` goes to every `kerassl train` call. Finished runs (with metrics.json)
-are reused, so an interrupted comparison continues where it stopped.
+Everything after `--` goes to every `kerassl train` call; `--method-args moco="--epochs 2"`
+adds options for one method (e.g. to give a method with a cheaper step the same CPU time).
+Finished runs (with metrics.json) made by the same command are reused, so an interrupted
+comparison continues where it stopped; a run made by a different command is redone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,16 +30,19 @@ from pathlib import Path
 def run_once(method: str, seed: int, out: Path, train_args: list[str], baseline: bool) -> dict:
     run_dir = out / f"{method}-seed{seed}"
     metrics_path = run_dir / "metrics.json"
-    if not metrics_path.exists():
-        if run_dir.exists():  # an interrupted run: start it again
-            subprocess.run(["rm", "-rf", str(run_dir)], check=True)
-        command = [
-            sys.executable, "-m", "kerassl.train", method, "--seed", str(seed), "--quiet",
-            "--out", str(out), "--run-name", run_dir.name, *train_args,
-            *([] if baseline else ["--baseline", "none"]),
-        ]  # fmt: skip
-        print("$", " ".join(command[1:]), flush=True)
-        subprocess.run(command, check=True)
+    command = [
+        "-m", "kerassl.train", method, "--seed", str(seed), "--quiet",
+        "--out", str(out), "--run-name", run_dir.name, *train_args,
+        *([] if baseline else ["--baseline", "none"]),
+    ]  # fmt: skip
+    record = out / f"{run_dir.name}.command.json"  # beside the run: the command that made it
+    done = metrics_path.exists() and record.exists() and json.loads(record.read_text()) == command
+    if not done:
+        if run_dir.exists():  # interrupted, or made by another command: start it again
+            shutil.rmtree(run_dir)
+        print("$ python", shlex.join(command), flush=True)
+        subprocess.run([sys.executable, *command], check=True)
+        record.write_text(json.dumps(command))
     return json.loads(metrics_path.read_text())
 
 
@@ -52,14 +59,25 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["simclr", "moco", "barlow_twins"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", default="runs/compare")
+    parser.add_argument(
+        "--method-args", nargs="*", default=[], metavar="METHOD=OPTIONS",
+        help='extra kerassl train options for one method, e.g. moco="--epochs 2"',
+    )  # fmt: skip
     parser.add_argument("train_args", nargs="*", help="options for kerassl train (after --)")
     args = parser.parse_args()
+    extra = {}
+    for item in args.method_args:
+        method, sep, options = item.partition("=")
+        if not sep or method not in args.methods:
+            parser.error(f"--method-args {item!r}: expected METHOD=OPTIONS, METHOD in --methods")
+        extra[method] = shlex.split(options)
     out = Path(args.out)
     rows = []
     baselines: list[float] = []
     baseline_name = None
     for index, method in enumerate(args.methods):
-        runs = [run_once(method, s, out, args.train_args, index == 0) for s in args.seeds]
+        train_args = [*args.train_args, *extra.get(method, [])]
+        runs = [run_once(method, s, out, train_args, index == 0) for s in args.seeds]
         probes = [r["linear_probe"]["top1"] for r in runs]
         seconds = statistics.fmean(r["pretrain_seconds"] for r in runs)
         speed = statistics.fmean(r["pretrain_images_per_second"] for r in runs)
@@ -73,7 +91,8 @@ def main() -> None:
         rows.append((f"supervised {baseline_name} (same labels)", mean_std(baselines), "–", "–"))
     labels = runs[0]["dataset"]["num_labeled"]
     print(f"\n{runs[0]['dataset']['name']}, {labels} labels, seeds {args.seeds}; "
-          f"kerassl train {' '.join(args.train_args)}\n")  # fmt: skip
+          f"kerassl train {shlex.join(args.train_args)}"
+          + "".join(f"; {m}: {shlex.join(o)}" for m, o in extra.items()) + "\n")  # fmt: skip
     print("| classifier | top-1 % (mean ± std) | pretraining s | images/s |")
     print("|---|---|---|---|")
     for row in rows:

@@ -43,7 +43,7 @@ class TrainConfig:
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     weight_decay: float = 1e-6
-    warmup_epochs: float = 1.0
+    warmup_epochs: float | None = None  # None: 1 epoch, at most a tenth of the pretraining
     # XLA for the whole train step: "auto" = only on a GPU (on CPU the plain graph step was
     # 1.35x faster, benchmarks/throughput.py); the two views are one XLA cluster regardless.
     jit_compile: bool | str = "auto"
@@ -67,6 +67,11 @@ class TrainConfig:
             (self.image_size is None or self.image_size >= 8, "image_size", ">= 8"),
             (self.projection_dim >= 1, "projection_dim", ">= 1"),
             (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch", ">= 1"),
+            (
+                self.warmup_epochs is None or 0 <= self.warmup_epochs <= self.epochs,
+                "warmup_epochs",
+                f"in [0, --epochs ({self.epochs})]",
+            ),
             (self.max_unlabeled is None or self.max_unlabeled >= 2, "max_unlabeled", ">= 2"),
             (0 <= self.momentum < 1, "momentum", "in [0, 1)"),
             (self.queue_size >= 1, "queue_size", "an integer >= 1"),
@@ -89,6 +94,12 @@ class TrainConfig:
                 raise UserError(
                     f"--{name.replace('_', '-')} must be {accepted}; got {getattr(self, name)}"
                 )
+
+    def warmup_fraction(self) -> float:
+        """Share of the pretraining spent in linear learning-rate warmup."""
+        if self.warmup_epochs is None:  # short runs would otherwise be all warmup
+            return min(1.0 / self.epochs, 0.1)
+        return self.warmup_epochs / self.epochs
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -113,7 +113,7 @@ def build_method(config: TrainConfig, input_shape, augment_preset: str, steps: i
     )
     augmenter = make_augmenter(augment_preset, seed=config.seed)
     model = METHODS[config.method](config, encoder, head, augmenter)
-    warmup = int(round(config.warmup_epochs * steps / max(config.epochs, 1)))
+    warmup = int(round(config.warmup_fraction() * steps))
     schedule = WarmupCosine(config.learning_rate, total_steps=steps, warmup_steps=warmup)
     optimizer = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay)
     model.compile(optimizer=optimizer, jit_compile=step_jit_compile(config.jit_compile))

@@ -162,7 +162,7 @@ def build_parser() -> ArgumentParser:
         "--warmup-epochs",
         type=float,
         default=d.warmup_epochs,
-        help="learning-rate warmup (default %(default)s)",
+        help="linear learning-rate warmup in epochs (default: 1, at most a tenth of --epochs)",
     )
     g.add_argument(
         "--xla",

@@ -72,6 +72,7 @@ def test_simclr_on_digits_end_to_end(tmp_path):
         (["simclr", "--dataset", "digits", "--batch-size", "100000"], "--batch-size 100000"),
         (["simclr", "--dataset", "digits", "--epochs", "0"], "--epochs"),
         (["simclr", "--dataset", "digits", "--encoder", "vgg"], "unknown encoder"),
+        (["simclr", "--dataset", "digits", "--warmup-epochs", "3", "--epochs", "2"], "warmup"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
@@ -155,3 +156,15 @@ def test_xla_setting():
     assert not step_jit_compile("auto")  # no GPU here: the plain graph step is faster on CPU
     with pytest.raises(UserError, match="--jit-compile must be auto, on or off"):
         TrainConfig(jit_compile="sometimes").validate()
+
+
+@pytest.mark.parametrize(
+    "epochs, warmup_epochs, fraction",
+    [(1, None, 0.1), (2, None, 0.1), (10, None, 0.1), (20, None, 0.05), (4, 2.0, 0.5), (3, 0, 0)],
+)
+def test_warmup_is_one_epoch_at_most_a_tenth_unless_given(epochs, warmup_epochs, fraction):
+    from kerassl.config import TrainConfig
+
+    config = TrainConfig(epochs=epochs, warmup_epochs=warmup_epochs)
+    config.validate()
+    assert config.warmup_fraction() == pytest.approx(fraction)
