@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from kerassl.config import TrainConfig
 from kerassl.data.augment import make_augmenter, save_augmentation_grid
-from kerassl.data.pipeline import pretrain_dataset
+from kerassl.data.pipeline import labeled_dataset, pretrain_dataset
 from kerassl.data.sources import ImageData, load_dataset
 from kerassl.data.splits import Split, label_split, parse_labels
 from kerassl.distribute import describe, is_chief, make_strategy
@@ -37,12 +37,14 @@ from kerassl.models.moco import MoCo
 from kerassl.models.simclr import SimCLR
 from kerassl.optimizers import WarmupCosine, make_optimizer
 
-
-def _simclr(config: TrainConfig, encoder, head, augmenter) -> SimCLR:
-    return SimCLR(encoder, head, augmenter, temperature=config.temperature, name="simclr")
+PROBE_BATCH = 64  # labeled images per step for the online probe (fewer when fewer exist)
 
 
-def _moco(config: TrainConfig, encoder, head, augmenter) -> MoCo:
+def _simclr(config: TrainConfig, encoder, head, augmenter, **common) -> SimCLR:
+    return SimCLR(encoder, head, augmenter, temperature=config.temperature, name="simclr", **common)
+
+
+def _moco(config: TrainConfig, encoder, head, augmenter, **common) -> MoCo:
     return MoCo(
         encoder,
         head,
@@ -54,20 +56,23 @@ def _moco(config: TrainConfig, encoder, head, augmenter) -> MoCo:
         bn_groups=config.bn_groups,
         seed=config.seed,
         name="moco",
+        **common,
     )
 
 
-def _barlow_twins(config: TrainConfig, encoder, head, augmenter) -> BarlowTwins:
+def _barlow_twins(config: TrainConfig, encoder, head, augmenter, **common) -> BarlowTwins:
     # The paper's projector (--projector-dims) takes the place of the --head options.
     projector = build_projector(
         encoder.output_shape[-1],
         [int(width) for width in config.projector_dims.split(",")],
         sync_bn=tf.distribute.get_strategy().num_replicas_in_sync > 1,
     )
-    return BarlowTwins(encoder, projector, augmenter, lambda_=config.bt_lambda, name="barlow_twins")
+    return BarlowTwins(
+        encoder, projector, augmenter, lambda_=config.bt_lambda, name="barlow_twins", **common
+    )
 
 
-# Method name → builder(config, encoder, head, augmenter) -> SSLModel.
+# Method name → builder(config, encoder, head, augmenter, **SSLModel arguments) -> SSLModel.
 METHODS = {"simclr": _simclr, "moco": _moco, "barlow_twins": _barlow_twins}
 
 
@@ -100,8 +105,11 @@ def prepare(config: TrainConfig) -> Prepared:
     return Prepared(data, split, pool)
 
 
-def build_method(config: TrainConfig, input_shape, augment_preset: str, steps: int):
-    """Builds and compiles the SSL model in the current strategy scope."""
+def build_method(
+    config: TrainConfig, input_shape, augment_preset: str, steps: int, num_classes: int = 0
+):
+    """Builds and compiles the SSL model in the current strategy scope (with an online
+    probe over `num_classes` classes when `config.online_probe`)."""
     sync_bn = tf.distribute.get_strategy().num_replicas_in_sync > 1
     encoder = build_encoder(config.encoder, input_shape, weights=config.weights, sync_bn=sync_bn)
     head = build_head(
@@ -112,8 +120,9 @@ def build_method(config: TrainConfig, input_shape, augment_preset: str, steps: i
         sync_bn=sync_bn,
     )
     augmenter = make_augmenter(augment_preset, seed=config.seed)
-    model = METHODS[config.method](config, encoder, head, augmenter)
-    warmup = int(round(config.warmup_fraction() * steps))
+    probe_classes = num_classes if config.online_probe else 0
+    model = METHODS[config.method](config, encoder, head, augmenter, probe_classes=probe_classes)
+    warmup = int(round(config.warmup_epochs / config.epochs * steps))
     schedule = WarmupCosine(config.learning_rate, total_steps=steps, warmup_steps=warmup)
     optimizer = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay)
     model.compile(optimizer=optimizer, jit_compile=step_jit_compile(config.jit_compile))
@@ -151,8 +160,17 @@ def pretrain(
     steps_per_epoch = min(config.steps_per_epoch or per_epoch, per_epoch)
     preset = config.augment or data.preset
     with strategy.scope():
-        model = build_method(config, data.image_shape, preset, steps_per_epoch * config.epochs)
+        model = build_method(
+            config, data.image_shape, preset, steps_per_epoch * config.epochs, data.num_classes
+        )
     dataset = pretrain_dataset(prepared.pool, config.batch_size, seed=config.seed)
+    if config.online_probe:
+        # Each step also gets a batch of the labeled training examples (never validation
+        # or test images) for the online probe; `(images, (labeled_images, labels))`.
+        x, y = data.x_train[split.labeled], data.y_train[split.labeled]
+        size = min(PROBE_BATCH, len(x))
+        labeled = labeled_dataset(x, y, size, shuffle=True, seed=config.seed, drop_remainder=True)
+        dataset = tf.data.Dataset.zip(dataset, labeled.repeat())
     # Several workers: every worker runs the same seeded pipeline, and DATA sharding (after
     # Keras splits each global batch into per-replica batches) gives worker i the i-th slice
     # of every global batch. Said explicitly: the pool is a tensor, not files, so AUTO would

@@ -162,7 +162,7 @@ def build_parser() -> ArgumentParser:
         "--warmup-epochs",
         type=float,
         default=d.warmup_epochs,
-        help="linear learning-rate warmup in epochs (default: 1, at most a tenth of --epochs)",
+        help="linear learning-rate warmup in epochs (default %(default)s)",
     )
     g.add_argument(
         "--xla",
@@ -204,6 +204,12 @@ def build_parser() -> ArgumentParser:
         type=int,
         default=d.knn_every,
         help="kNN monitor every N epochs, 0 to disable (default %(default)s)",
+    )
+    g.add_argument(
+        "--online-probe",
+        action="store_true",
+        help="train a linear probe on the labeled examples alongside pretraining "
+        "(stop-gradient features; probe_accuracy in history.csv)",
     )
     g.add_argument(
         "--seed",

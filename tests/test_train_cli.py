@@ -122,7 +122,7 @@ def test_argparse_errors_are_one_line(capsys):
     "method, options",
     [
         ("moco", ["--queue-size", "100", "--momentum", "0.9", "--bn-groups", "2", "--symmetric"]),
-        ("barlow_twins", ["--projector-dims", "64,64,32", "--bt-lambda", "0.01"]),
+        ("barlow_twins", ["--projector-dims", "64,64,32", "--bt-lambda", "0.01", "--online-probe"]),
     ],
 )
 def test_moco_and_barlow_twins_run_like_simclr(tmp_path, capsys, method, options):
@@ -139,6 +139,8 @@ def test_moco_and_barlow_twins_run_like_simclr(tmp_path, capsys, method, options
         assert config["symmetric"] is True
     else:
         assert (config["projector_dims"], config["bt_lambda"]) == ("64,64,32", 0.01)
+        assert config["online_probe"] is True
+        assert "probe_accuracy" in (run / "history.csv").read_text().splitlines()[0]
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["linear_probe"]["top1"] <= 1.0
     assert metrics["dataset"]["num_unlabeled"] == 256
@@ -156,15 +158,3 @@ def test_xla_setting():
     assert not step_jit_compile("auto")  # no GPU here: the plain graph step is faster on CPU
     with pytest.raises(UserError, match="--jit-compile must be auto, on or off"):
         TrainConfig(jit_compile="sometimes").validate()
-
-
-@pytest.mark.parametrize(
-    "epochs, warmup_epochs, fraction",
-    [(1, None, 0.1), (2, None, 0.1), (10, None, 0.1), (20, None, 0.05), (4, 2.0, 0.5), (3, 0, 0)],
-)
-def test_warmup_is_one_epoch_at_most_a_tenth_unless_given(epochs, warmup_epochs, fraction):
-    from kerassl.config import TrainConfig
-
-    config = TrainConfig(epochs=epochs, warmup_epochs=warmup_epochs)
-    config.validate()
-    assert config.warmup_fraction() == pytest.approx(fraction)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 import tensorflow as tf
+from keras import ops
 
 from kerassl.data.augment import Augmenter
 
@@ -49,6 +50,15 @@ def _step_logs(metrics) -> dict:
     return logs
 
 
+def _unpack(data) -> tuple:
+    """`(images, (labeled_images, labels) or None)` of a step's data: `images`, `(images,)`,
+    `(images, labels)` (labels ignored) or `(images, (labeled_images, labels))`."""
+    if not isinstance(data, (tuple, list)):
+        return data, None
+    labeled = data[1] if len(data) > 1 else None
+    return data[0], (labeled if isinstance(labeled, (tuple, list)) else None)
+
+
 def update_momentum(source: keras.Model, target: keras.Model, momentum: float) -> None:
     """Moving average θ_target ← m·θ_target + (1 − m)·θ_source over all weights.
 
@@ -63,11 +73,17 @@ class SSLModel(keras.Model):
     """Base class of the self-supervised methods.
 
     A method owns an augmenter, an encoder and a projection head. Its `train_step` has
-    one shape for every method: unpack the images (labels ignored) → two augmented views
-    → under a tape, `compute_ssl_loss` (the method's paper, in a few lines) → gradients
-    on the trainable variables → `after_step` (e.g. MoCo's momentum update and enqueue) →
-    trackers. Subclasses implement `compute_ssl_loss` and add their constructor
-    arguments to `get_config`.
+    one shape for every method: unpack the images → two augmented views → under a tape,
+    `compute_ssl_loss` (the method's paper, in a few lines) (+ the online probe's loss) →
+    gradients on the trainable variables → `after_step` (e.g. MoCo's momentum update and
+    enqueue) → trackers. Subclasses implement `compute_ssl_loss` and add their
+    constructor arguments to `get_config`.
+
+    Optional online probe (`probe_classes > 0`, as in the Keras SimCLR example): a linear
+    classifier on the encoder's features of labeled images, trained in the same step on
+    stop-gradient features (it never shapes the encoder), so `probe_accuracy` shows how
+    linearly separable the labels are while pretraining runs. Its batches come with the
+    data: each element is `(images, (labeled_images, labels))` instead of `images`.
 
     Under a distribution strategy `compute_ssl_loss` returns the loss of the *global*
     batch (methods all-gather what they need); the step scales it by 1/replicas because
@@ -77,15 +93,32 @@ class SSLModel(keras.Model):
         encoder: `keras.Model` mapping [0, 1] images to feature vectors.
         head: `keras.Model` mapping features to the loss space.
         augmenter: layer making one random view of a batch per call.
+        probe_classes: classes of the online probe; 0 (default) for none.
     """
 
-    def __init__(self, encoder: keras.Model, head: keras.Model, augmenter: Augmenter, **kwargs):
+    def __init__(
+        self,
+        encoder: keras.Model,
+        head: keras.Model,
+        augmenter: Augmenter,
+        probe_classes: int = 0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.head = head
         self.augmenter = augmenter
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="contrastive_accuracy")
+        self.probe_classes = int(probe_classes)
+        self.probe = None
+        if self.probe_classes:
+            self.probe = keras.layers.Dense(self.probe_classes, name="online_probe")
+            self.probe.build(encoder.output_shape)
+            self.probe_loss_tracker = keras.metrics.Mean(name="probe_loss")
+            self.probe_accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(
+                name="probe_accuracy"
+            )
         # The views are one XLA cluster even when the step is not XLA-compiled: gathers and
         # elementwise ops fuse ~5x faster than op-by-op (benchmarks/throughput.py).
         self._two_views = tf.function(self.make_views, jit_compile=True)
@@ -103,6 +136,8 @@ class SSLModel(keras.Model):
         trackers = [self.loss_tracker]
         if self.reports_accuracy:
             trackers.append(self.accuracy_tracker)
+        if self.probe is not None:
+            trackers += [self.probe_loss_tracker, self.probe_accuracy_tracker]
         return trackers
 
     # Methods whose loss is a classification of the positive pair report its top-1 accuracy.
@@ -127,12 +162,23 @@ class SSLModel(keras.Model):
     def after_step(self):
         """Runs after the gradient update (momentum encoders, queues)."""
 
+    def probe_loss(self, labeled_images, labels):
+        """Returns `(loss, logits)` of the online probe on stop-gradient features."""
+        features = ops.stop_gradient(self.encoder(labeled_images, training=False))
+        logits = self.probe(features)
+        loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        return ops.mean(loss), logits
+
     def train_step(self, data):
-        images = data[0] if isinstance(data, (tuple, list)) else data
+        images, labeled = _unpack(data)
         view1, view2 = self._two_views(images)
         with tf.GradientTape() as tape:
             loss, logits, labels = self.compute_ssl_loss(view1, view2)
-            scaled_loss = loss / num_replicas()
+            total = loss
+            if self.probe is not None and labeled is not None:
+                probe_loss, probe_logits = self.probe_loss(*labeled)
+                total = total + probe_loss  # a per-replica mean, like the scaled SSL loss
+            scaled_loss = total / num_replicas()
         variables = self.trainable_variables
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
@@ -140,10 +186,13 @@ class SSLModel(keras.Model):
         self.loss_tracker.update_state(loss)
         if self.reports_accuracy and logits is not None:
             self.accuracy_tracker.update_state(labels, logits)
+        if self.probe is not None and labeled is not None:
+            self.probe_loss_tracker.update_state(probe_loss)
+            self.probe_accuracy_tracker.update_state(labeled[1], probe_logits)
         return _step_logs(self.metrics)
 
     def test_step(self, data):
-        images = data[0] if isinstance(data, (tuple, list)) else data
+        images, _ = _unpack(data)  # the online probe trains only
         view1, view2 = self._two_views(images)
         loss, logits, labels = self.compute_ssl_loss(view1, view2, training=False)
         self.loss_tracker.update_state(loss)
@@ -158,6 +207,7 @@ class SSLModel(keras.Model):
                 "encoder": keras.saving.serialize_keras_object(self.encoder),
                 "head": keras.saving.serialize_keras_object(self.head),
                 "augmenter": keras.saving.serialize_keras_object(self.augmenter),
+                "probe_classes": self.probe_classes,
             }
         )
         return config

@@ -145,17 +145,8 @@ def _cnn(
     pooling: str = "flatten",
     name: str = "cnn",
 ):
-    _check_rate("dropout", dropout)
-    trunk = small_cnn(
-        input_shape,
-        filters=tuple(filters),
-        convs_per_block=convs_per_block,
-        dropout=dropout,
-        pooling=pooling,
-        name=f"{name}_trunk",
-    )
-    inputs = keras.Input(input_shape, name="images")
-    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(trunk(inputs))
+    inputs, features = _cnn_trunk(input_shape, filters, convs_per_block, dropout, pooling, name)
+    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(features)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -170,8 +161,15 @@ def _cnn_deep(
     dense_dropout: float = 0.5,
     name: str = "cnn_deep",
 ):
-    _check_rate("dropout", dropout)
     _check_rate("dense_dropout", dense_dropout)
+    inputs, features = _cnn_trunk(input_shape, filters, convs_per_block, dropout, pooling, name)
+    outputs = _dense_classifier(features, num_classes, dense_units, dense_dropout, True)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _cnn_trunk(input_shape, filters, convs_per_block, dropout, pooling, name):
+    """`(images input, features)` of the small CNN trunk shared by `cnn` and `cnn_deep`."""
+    _check_rate("dropout", dropout)
     trunk = small_cnn(
         input_shape,
         filters=tuple(filters),
@@ -181,8 +179,7 @@ def _cnn_deep(
         name=f"{name}_trunk",
     )
     inputs = keras.Input(input_shape, name="images")
-    outputs = _dense_classifier(trunk(inputs), num_classes, dense_units, dense_dropout, True)
-    return keras.Model(inputs, outputs, name=name)
+    return inputs, trunk(inputs)
 
 
 def _mlp(

@@ -15,18 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+from kerassl.data.sources import FASHION_MNIST_CLASSES
 
 
 def build_fake_models(image_size: int = 16, channels: int = 1, num_classes: int = 3, seed: int = 0):
