@@ -6,12 +6,14 @@ import keras
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from kerassl.errors import UserError
 from kerassl.evaluation import (
     KNNMonitor,
+    choose_c,
     extract_features,
     knn_accuracy,
     knn_predict,
@@ -36,7 +38,7 @@ def test_probe_separates_separable_features_and_reports_top5():
     x_test, y_test = clusters(8, 10, seed=1)
     result, dense = linear_probe(x_train, y_train, x_test, y_test, num_classes=8)
     assert result.top1 == 1.0 and result.top5 == 1.0
-    assert (result.num_train, result.num_test, result.cv_folds) == (32, 80, 4)
+    assert (result.num_train, result.num_test, result.cv_folds, result.cv_repeats) == (32, 80, 4, 5)
     assert result.c in (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0) and result.cv_accuracy >= 0.9
     assert dense.units == 8 and dense.get_config()["activation"] == "softmax"
 
@@ -68,6 +70,28 @@ def test_folded_dense_reproduces_predict_proba(num_classes, present):
     np.testing.assert_allclose(np.asarray(dense(x_test)), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("per_class, folds, repeats", [(10, 5, 5), (50, 5, 3), (4, 4, 5)])
+def test_choose_c_is_the_best_mean_over_repeated_folds(per_class, folds, repeats):
+    # Each C scored on >= 500 held-out predictions (<= 5 repeats); score = mean accuracy
+    # over every fold of every repeat, recomputed here fold by fold with plain scikit-learn.
+    x, y = clusters(4, per_class, spread=6.0)
+    grid = (1e-3, 1e-1, 10.0)
+    c, score, k, r = choose_c(x, y, seed=3, c_grid=grid)
+    assert (k, r) == (folds, repeats)
+    splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=3)
+    means = []
+    for candidate in grid:
+        accuracies = []
+        for train, held_out in splitter.split(x, y):
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=candidate, max_iter=1000))
+            accuracies.append(model.fit(x[train], y[train]).score(x[held_out], y[held_out]))
+        assert len(accuracies) == folds * repeats
+        means.append(np.mean(accuracies))
+    assert 0.3 < max(means) < 1.0  # overlapping classes: C matters and the scores differ
+    assert score == pytest.approx(max(means))
+    assert c == grid[int(np.argmax(means))]  # first maximum: ties go to the smaller C
+
+
 def test_chosen_c_never_depends_on_the_test_split():
     x_train, y_train = clusters(4, 6, spread=4.0)
     x_test, y_test = clusters(4, 20, spread=4.0, seed=1)
@@ -86,7 +110,7 @@ def test_probe_falls_back_to_default_c_with_a_single_example_class():
     keep = np.r_[0, 4:12]  # class 0 keeps one example
     x_test, y_test = clusters(3, 5, seed=1)
     result, _ = linear_probe(x_train[keep], y_train[keep], x_test, y_test, 3, default_c=0.5)
-    assert (result.c, result.cv_accuracy, result.cv_folds) == (0.5, None, 0)
+    assert (result.c, result.cv_accuracy, result.cv_folds, result.cv_repeats) == (0.5, None, 0, 0)
     assert result.top1 == 1.0
 
 
