@@ -26,18 +26,19 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 import kerassl.models  # noqa: F401  (registers the encoders' custom layers)
 from kerassl.data.sources import load_dataset
+from kerassl.data.splits import Split
 from kerassl.evaluation.probes import C_GRID, _probe_pipeline, choose_c, extract_features
 
 
 def sweep(run_dir: Path, cache: dict) -> dict:
     config = json.loads((run_dir / "config.json").read_text())
-    split = json.loads((run_dir / "split.json").read_text())
+    split = Split.from_json(json.loads((run_dir / "split.json").read_text()))
     key = (config["dataset"], config["data_dir"], config["image_size"])
     if key not in cache:
         cache[key] = load_dataset(*key, download=False)
     data = cache[key]
     encoder = keras.saving.load_model(run_dir / "encoder.keras", compile=False)
-    labeled = np.sort(np.asarray(split["labeled"] + split["validation"]))
+    labeled = split.all_labeled  # what the run's probe trained on
     # float64, as `linear_probe` fits: the CV scores of close Cs can tie differently in float32.
     x = extract_features(encoder, data.x_train[labeled]).astype(np.float64)
     x_test = extract_features(encoder, data.x_test).astype(np.float64)

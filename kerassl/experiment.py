@@ -219,7 +219,7 @@ def evaluate(
     """Linear probe of the frozen encoder on all the labels of the split, scored once on
     the whole test split. Returns metrics and the classifier (encoder + probe)."""
     data, split = prepared.data, prepared.split
-    labeled = np.sort(np.concatenate([split.labeled, split.validation]))
+    labeled = split.all_labeled
     train_features = extract_features(encoder, data.x_train[labeled])
     test_features = extract_features(encoder, data.x_test)
     result, dense = linear_probe(
@@ -299,7 +299,7 @@ def run(config: TrainConfig, verbose="auto") -> tuple[Path, dict]:
             "name": data.name,
             "num_classes": data.num_classes,
             "num_unlabeled": int(len(prepared.pool)),
-            "num_labeled": int(len(prepared.split.labeled) + len(prepared.split.validation)),
+            "num_labeled": len(prepared.split.all_labeled),
             "num_test": int(len(data.x_test)),
         }
         if run_dir is not None:

@@ -58,6 +58,11 @@ def test_validation_is_carved_from_labels_per_class_and_disjoint():
     split = label_split(y, 100, seed=0, validation=0.2)
     assert np.intersect1d(split.labeled, split.validation).size == 0
     np.testing.assert_array_equal(np.bincount(y[split.labeled], minlength=10), [8] * 10)
+    # The final probe's examples: both parts, sorted, each index once.
+    np.testing.assert_array_equal(
+        split.all_labeled, np.sort(np.r_[split.labeled, split.validation])
+    )
+    assert len(np.unique(split.all_labeled)) == 100
     np.testing.assert_array_equal(np.bincount(y[split.validation], minlength=10), [2] * 10)
     # Validation comes out of the label budget, not on top of it.
     assert len(split.labeled) + len(split.validation) == 100

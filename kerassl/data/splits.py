@@ -37,6 +37,12 @@ class Split:
     labels: int | float | None = None
     validation_fraction: float = 0.0
 
+    @property
+    def all_labeled(self) -> np.ndarray:
+        """Sorted indices of every chosen labeled example (`labeled` + `validation`): what
+        the final linear probe trains on once model selection is over."""
+        return np.sort(np.concatenate([self.labeled, self.validation]))
+
     def to_json(self, y: np.ndarray, class_names: list[str]) -> dict:
         """A JSON-ready record: spec, seed, counts and index lists per class."""
         y = np.asarray(y)
