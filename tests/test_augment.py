@@ -7,14 +7,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kerassl.data import augment
-from kerassl.data.augment import (
-    PRESETS,
-    Augmenter,
-    make_augmenter,
-    random_apply,
-    save_augmentation_grid,
-)
+from kerassl.data import image_ops
+from kerassl.data.augment import Augmenter, make_augmenter
+from kerassl.data.image_ops import random_apply
+from kerassl.data.presets import PRESETS
+from kerassl.data.preview import save_augmentation_grid
 from kerassl.errors import UserError
 
 
@@ -178,7 +175,9 @@ def test_horizontal_flip_mirrors_left_right_about_half_the_time():
 def test_affine_resample_quarter_turns_match_np_rot90(k):
     x = images(n=2, size=12, channels=3)
     angles = np.full([2], k * math.pi / 2, np.float32)
-    y = augment.affine_resample(x, augment.rotation_matrices(angles), np.zeros([2, 2], np.float32))
+    y = image_ops.affine_resample(
+        x, image_ops.rotation_matrices(angles), np.zeros([2, 2], np.float32)
+    )
     np.testing.assert_allclose(np.asarray(y), np.rot90(x, k, axes=(1, 2)), atol=1e-5)
 
 
@@ -198,7 +197,7 @@ def test_affine_resample_half_pixel_shift_averages_neighbours():
     x = images(n=2, size=10)
     offsets = np.array([[0.5, 0.0], [0.0, 0.5]], np.float32)  # x by ½ px, y by ½ px
     y = np.asarray(
-        augment.affine_resample(x, np.tile(np.eye(2, dtype=np.float32), [2, 1, 1]), offsets)
+        image_ops.affine_resample(x, np.tile(np.eye(2, dtype=np.float32), [2, 1, 1]), offsets)
     )
     np.testing.assert_allclose(y[0, :, :-1], (x[0, :, :-1] + x[0, :, 1:]) / 2, atol=1e-6)
     np.testing.assert_allclose(y[1, :-1], (x[1, :-1] + x[1, 1:]) / 2, atol=1e-6)
@@ -207,9 +206,9 @@ def test_affine_resample_half_pixel_shift_averages_neighbours():
 @pytest.mark.parametrize("fill_mode", ["reflect", "nearest", "constant"])
 def test_fill_modes_on_a_rotated_constant_image(fill_mode):
     x = np.full([1, 15, 15, 1], 0.6, np.float32)
-    matrices = augment.rotation_matrices(np.array([math.pi / 4], np.float32))
+    matrices = image_ops.rotation_matrices(np.array([math.pi / 4], np.float32))
     y = np.asarray(
-        augment.affine_resample(x, matrices, np.zeros([1, 2], np.float32), fill_mode, 0.25)
+        image_ops.affine_resample(x, matrices, np.zeros([1, 2], np.float32), fill_mode, 0.25)
     )
     assert y[0, 7, 7, 0] == pytest.approx(0.6)
     if fill_mode == "constant":
@@ -221,7 +220,7 @@ def test_fill_modes_on_a_rotated_constant_image(fill_mode):
 def test_reflect_mode_mirrors_about_the_edge():
     x = images(n=1, size=8)
     shift = np.array([[-3.0, 0.0]], np.float32)  # output column j reads input column j − 3
-    y = np.asarray(augment.affine_resample(x, np.eye(2, dtype=np.float32)[None], shift))
+    y = np.asarray(image_ops.affine_resample(x, np.eye(2, dtype=np.float32)[None], shift))
     np.testing.assert_allclose(y[0, :, 3:], x[0, :, :5], atol=1e-6)
     np.testing.assert_allclose(y[0, :, :3], x[0, :, 2::-1], atol=1e-6)  # d c b | a b c d
 
@@ -242,7 +241,7 @@ def test_crop_of_full_scale_without_rotation_or_flip_is_identity():
     matrices, offsets = augmenter._sample_geometry(8, 16, 16)
     np.testing.assert_allclose(np.asarray(matrices), np.tile(np.eye(2), [8, 1, 1]), atol=1e-6)
     np.testing.assert_allclose(np.asarray(offsets), 0.0, atol=1e-6)
-    resampled = augment.affine_resample(x, matrices, offsets)
+    resampled = image_ops.affine_resample(x, matrices, offsets)
     np.testing.assert_allclose(np.asarray(resampled), x, atol=1e-6)
 
 
@@ -293,33 +292,33 @@ def test_colour_ops_against_their_definitions():
     x = 0.25 + 0.5 * images(n=4, channels=3)  # inside [0.25, 0.75]: no clipping below
     f = np.array([1.0, 0.5, 1.2, 0.8], np.float32)
     np.testing.assert_allclose(
-        augment.adjust_brightness(x, f), x * f[:, None, None, None], atol=1e-6
+        image_ops.adjust_brightness(x, f), x * f[:, None, None, None], atol=1e-6
     )
     mean = x.mean(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(
-        augment.adjust_contrast(x, f), (x - mean) * f[:, None, None, None] + mean, atol=1e-6
+        image_ops.adjust_contrast(x, f), (x - mean) * f[:, None, None, None] + mean, atol=1e-6
     )
     gray = (x @ np.array([0.2989, 0.587, 0.114], np.float32))[..., None]
     np.testing.assert_allclose(
-        augment.adjust_saturation(x, f), gray + (x - gray) * f[:, None, None, None], atol=1e-6
+        image_ops.adjust_saturation(x, f), gray + (x - gray) * f[:, None, None, None], atol=1e-6
     )
     np.testing.assert_allclose(
-        augment.adjust_saturation(x, 0 * f), np.repeat(gray, 3, -1), atol=1e-6
+        image_ops.adjust_saturation(x, 0 * f), np.repeat(gray, 3, -1), atol=1e-6
     )
-    np.testing.assert_allclose(augment.grayscale(x), np.repeat(gray, 3, -1), atol=1e-6)
+    np.testing.assert_allclose(image_ops.grayscale(x), np.repeat(gray, 3, -1), atol=1e-6)
 
 
 def test_hue_rotation_keeps_luma_and_grays_and_composes():
     x = 0.4 + 0.2 * images(n=4, channels=3)  # mild colours: no clipping
     shifts = np.array([0.0, 0.1, -0.05, 0.25], np.float32)
-    y = np.asarray(augment.adjust_hue(x, shifts))
+    y = np.asarray(image_ops.adjust_hue(x, shifts))
     np.testing.assert_allclose(y[0], x[0], atol=1e-5)
     assert np.abs(y[1:] - x[1:]).max() > 0.01
     luma = np.array([0.299, 0.587, 0.114], np.float32)
     np.testing.assert_allclose(y @ luma, x @ luma, atol=1e-5)  # Y of YIQ is kept
     gray = np.repeat(x[..., :1], 3, axis=-1)
-    np.testing.assert_allclose(augment.adjust_hue(gray, shifts), gray, atol=1e-5)
-    back = augment.adjust_hue(augment.adjust_hue(x, shifts), -shifts)
+    np.testing.assert_allclose(image_ops.adjust_hue(gray, shifts), gray, atol=1e-5)
+    back = image_ops.adjust_hue(image_ops.adjust_hue(x, shifts), -shifts)
     np.testing.assert_allclose(back, x, atol=1e-5)
 
 
@@ -329,12 +328,12 @@ def test_fused_color_jitter_equals_the_ops_in_each_images_order():
     factors = [rng.uniform(0.4, 1.6, 24).astype(np.float32) for _ in range(3)]
     shifts = rng.uniform(-0.2, 0.2, 24).astype(np.float32)
     order = np.array([rng.permutation(4) for _ in range(24)], np.int32)  # stage of each op
-    y = np.asarray(augment.color_jitter(x, *factors, shifts, order=order))
+    y = np.asarray(image_ops.color_jitter(x, *factors, shifts, order=order))
     ops_ = [
-        augment.adjust_brightness,
-        augment.adjust_contrast,
-        augment.adjust_saturation,
-        augment.adjust_hue,
+        image_ops.adjust_brightness,
+        image_ops.adjust_contrast,
+        image_ops.adjust_saturation,
+        image_ops.adjust_hue,
     ]
     values = [*factors, shifts]
     for b in range(24):
@@ -346,8 +345,8 @@ def test_fused_color_jitter_equals_the_ops_in_each_images_order():
     g = images(n=4, channels=1)
     f = factors[0][:4]
     np.testing.assert_allclose(
-        augment.color_jitter(g, brightness=f, contrast=f),
-        augment.adjust_contrast(augment.adjust_brightness(g, f), f),
+        image_ops.color_jitter(g, brightness=f, contrast=f),
+        image_ops.adjust_contrast(image_ops.adjust_brightness(g, f), f),
         atol=1e-6,
     )
 
@@ -362,8 +361,8 @@ def test_color_jitter_uses_a_random_order_per_image():
     replay = np.asarray(keras.random.uniform((64, 24), seed=keras.random.SeedGenerator(4)))
     fb, fc = 0.1 + 1.8 * replay[:, 0], 0.1 + 1.8 * replay[:, 1]
     keys = replay[:, 2:4]
-    b_then_c = np.asarray(augment.adjust_contrast(augment.adjust_brightness(x, fb), fc))
-    c_then_b = np.asarray(augment.adjust_brightness(augment.adjust_contrast(x, fc), fb))
+    b_then_c = np.asarray(image_ops.adjust_contrast(image_ops.adjust_brightness(x, fb), fc))
+    c_then_b = np.asarray(image_ops.adjust_brightness(image_ops.adjust_contrast(x, fc), fb))
     brightness_first = keys[:, 0] < keys[:, 1]
     expected = np.where(brightness_first[:, None, None, None], b_then_c, c_then_b)
     np.testing.assert_allclose(y, expected, atol=1e-5)
@@ -376,7 +375,7 @@ def test_color_jitter_uses_a_random_order_per_image():
 def test_gaussian_blur_matches_a_numpy_convolution():
     x = images(n=3, size=12, channels=2)
     sigmas = np.array([0.5, 1.0, 2.0], np.float32)
-    y = np.asarray(augment.gaussian_blur(x, sigmas, kernel_size=5))
+    y = np.asarray(image_ops.gaussian_blur(x, sigmas, kernel_size=5))
     taps = np.arange(-2, 3)
     for b, sigma in enumerate(sigmas):
         kernel = np.exp(-(taps**2) / (2 * sigma**2))
@@ -387,15 +386,15 @@ def test_gaussian_blur_matches_a_numpy_convolution():
         np.testing.assert_allclose(y[b], expected, atol=1e-5)
     flat = np.full([1, 9, 9, 1], 0.3, np.float32)
     np.testing.assert_allclose(
-        augment.gaussian_blur(flat, np.array([1.5], np.float32), 5), 0.3, atol=1e-6
+        image_ops.gaussian_blur(flat, np.array([1.5], np.float32), 5), 0.3, atol=1e-6
     )
 
 
 def test_blur_kernel_size_is_odd_and_about_a_tenth():
-    assert augment.blur_kernel_size(224) == 23  # SimCLR's 23 px at 224
-    assert augment.blur_kernel_size(28) == 3
-    assert augment.blur_kernel_size(64) == 7
-    assert all(augment.blur_kernel_size(s) % 2 == 1 for s in range(8, 225))
+    assert image_ops.blur_kernel_size(224) == 23  # SimCLR's 23 px at 224
+    assert image_ops.blur_kernel_size(28) == 3
+    assert image_ops.blur_kernel_size(64) == 7
+    assert all(image_ops.blur_kernel_size(s) % 2 == 1 for s in range(8, 225))
 
 
 def test_grayscale_and_hue_skip_one_channel_images():
@@ -417,6 +416,8 @@ def test_get_config_round_trip(preset):
     json.dumps(config)  # JSON-serialisable
     clone = Augmenter.from_config(json.loads(json.dumps(config)))
     assert clone.get_config() == config
+    # Saved .keras files name the layer by its registered name: it must not change.
+    assert keras.saving.get_registered_name(Augmenter) == "kerassl>Augmenter"
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(augmenter))
     assert isinstance(restored, Augmenter) and restored.get_config() == config
     x = images(channels=3)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from kerassl.data.splits import Split, label_split, parse_labels
+from kerassl.data.splits import Split, label_split, parse_labels, stratified_holdout
 from kerassl.errors import UserError
 
 
@@ -140,3 +140,15 @@ def test_to_json_round_trip():
     restored = Split.from_json(record)
     np.testing.assert_array_equal(restored.labeled, split.labeled)
     np.testing.assert_array_equal(restored.validation, split.validation)
+
+
+def test_stratified_holdout():
+    y = np.array([0] * 10 + [1] * 5 + [2] * 1 + [-1] * 4)
+    keep, held = stratified_holdout(y, 0.2, seed=0)
+    assert np.intersect1d(keep, held).size == 0 and len(keep) + len(held) == len(y)
+    # round(0.2 n) half up, at least 1, at most n - 1; a single example stays.
+    np.testing.assert_array_equal(np.bincount(y[held], minlength=3), [2, 1, 0])
+    assert np.all(y[held] >= 0) and np.all(np.diff(keep) > 0) and np.all(np.diff(held) > 0)
+    np.testing.assert_array_equal(held, stratified_holdout(y, 0.2, seed=0)[1])
+    assert not np.array_equal(held, stratified_holdout(y, 0.2, seed=1)[1])
+    np.testing.assert_array_equal(np.bincount(y[stratified_holdout(y, 0.9, 0)[1]]), [9, 4])

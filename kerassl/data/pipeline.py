@@ -13,21 +13,20 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from kerassl.data.preprocess import to_unit_float
 from kerassl.errors import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
 def to_float(x_uint8: np.ndarray) -> np.ndarray:
-    """uint8 images → float32 in [0, 1] (the input contract of every kerassl model)."""
+    """uint8 images → float32 in [0, 1], `x / 255` (the input contract of every kerassl
+    model), bit-identical to `kerassl.data.preprocess.to_unit_float` and so to what the
+    exported model computes."""
     x = np.asarray(x_uint8)
     if x.dtype != np.uint8:
         raise ValueError(f"to_float expects uint8 images. Received: dtype={x.dtype}")
-    return x.astype(np.float32) * np.float32(1.0 / 255.0)
-
-
-def _uint8_to_float(images: tf.Tensor) -> tf.Tensor:
-    return tf.cast(images, tf.float32) * (1.0 / 255.0)
+    return x.astype(np.float32) / np.float32(255.0)
 
 
 def _check(x: np.ndarray, batch_size: int) -> None:
@@ -78,7 +77,7 @@ def pretrain_dataset(
         )
     images = tf.constant(x)  # [N, H, W, C] uint8
     ds = _index_batches(len(x), batch_size, shuffle, seed, drop_remainder=True)
-    ds = ds.map(lambda idx: _uint8_to_float(tf.gather(images, idx)), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda idx: to_unit_float(tf.gather(images, idx)), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 
@@ -118,7 +117,7 @@ def labeled_dataset(
     images, labels = tf.constant(x), tf.constant(y.astype(np.int64))
     ds = _index_batches(len(x), batch_size, shuffle, seed, drop_remainder)
     ds = ds.map(
-        lambda idx: (_uint8_to_float(tf.gather(images, idx)), tf.gather(labels, idx)),
+        lambda idx: (to_unit_float(tf.gather(images, idx)), tf.gather(labels, idx)),
         num_parallel_calls=AUTOTUNE,
     )
     return ds.prefetch(AUTOTUNE)

@@ -117,6 +117,11 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
+def _class_members(y: np.ndarray) -> dict[int, np.ndarray]:
+    """Labeled class → sorted indices of its examples, in label order (y < 0 skipped)."""
+    return {int(c): np.flatnonzero(y == c) for c in np.unique(y[y >= 0])}
+
+
 def label_split(y: np.ndarray, labels: int | float, seed: int, validation: float = 0.0) -> Split:
     """Draws a stratified, seeded label-scarce split of the training labels.
 
@@ -155,7 +160,7 @@ def label_split(y: np.ndarray, labels: int | float, seed: int, validation: float
     if len(classes) == 0:
         raise UserError("no labeled training examples to draw labels from (every label is -1)")
     rng = np.random.default_rng(seed)
-    members = {int(c): np.flatnonzero(y == c) for c in classes}
+    members = _class_members(y)
     if isinstance(labels, (int, np.integer)):
         total = spec = int(labels)
         if total < len(classes):
@@ -195,3 +200,23 @@ def label_split(y: np.ndarray, labels: int | float, seed: int, validation: float
         labels=spec,
         validation_fraction=float(validation),
     )
+
+
+def stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Splits indices into (keep, held_out), holding out ``fraction`` of each labeled class.
+
+    How a dataset without a test split gets one. A class with n >= 2 examples gives
+    round(fraction * n) (half up) clipped to [1, n - 1]; a class with one example keeps it.
+    Unlabeled examples (y < 0) always stay in ``keep``. Both index arrays are sorted; the
+    split depends only on ``y``, ``fraction`` and ``seed``.
+    """
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    held = []
+    for members in _class_members(y).values():
+        if len(members) >= 2:
+            count = min(max(_round_half_up(fraction * len(members)), 1), len(members) - 1)
+            held.append(rng.choice(members, count, replace=False))
+    held_out = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    keep = np.setdiff1d(np.arange(len(y)), held_out)
+    return keep.astype(np.int64), held_out.astype(np.int64)
