@@ -13,6 +13,7 @@ from PIL import Image
 
 from kerassl import export as export_cli
 from kerassl.errors import UserError
+from kerassl.run_dir import open_run
 from kerassl.serving import export as export_lib
 from kerassl.serving.verify import sample_images, verify_export
 from kerassl.testing.fake_run import make_run_dir
@@ -73,7 +74,7 @@ def test_refuses_unfinished_run_and_run_without_classifier_or_baseline(tmp_path)
     with pytest.raises(UserError, match="classifier.keras"):
         export_lib.export_run(run_dir, "m", tmp_path / "export")
     with pytest.raises(UserError, match="does not exist"):
-        export_lib.read_run_dir(tmp_path / "missing")
+        open_run(tmp_path / "missing")
     # metrics.json names a baseline that an older kerassl trained but did not save.
     (run_dir / "metrics.json").write_text('{"baseline": {"model": "cnn", "top1": 0.5}}')
     with pytest.raises(UserError, match="did not save baseline.keras"):
@@ -150,17 +151,61 @@ def test_gray_png_to_rgb_model_repeats_channel_and_resizes(rgb_run, rgb_export):
     np.testing.assert_allclose(outputs["probabilities"], expected, atol=1e-6)
     assert outputs["classes"].shape == (4, 5)
 
-    # Other sizes are resized in the graph (bilinear, antialiased), bytes or tensors alike.
+    # Other sizes are centre-cropped to a square, resized (bilinear, antialiased when
+    # shrinking) and rounded in the graph, as in training, bytes or tensors alike.
     big = np.random.default_rng(2).integers(0, 256, (3, 30, 21, 3), dtype=np.uint8)
     from_bytes = loaded.signatures["serving_default"](
         image_bytes=tf.constant([png(i) for i in big])
     )
     from_floats = loaded.signatures["predict_images"](images=tf.constant(big, tf.float32))
     from_uint8 = loaded.predict_images(tf.constant(big))
-    resized = tf.image.resize(big.astype(np.float32), [12, 12], antialias=True) / 255.0
+    square = big[:, 4:25].astype(np.float32)  # the centre 21 x 21 of 30 x 21
+    resized = np.round(tf.image.resize(square, [12, 12], antialias=True)) / 255.0
     np.testing.assert_allclose(from_bytes["probabilities"], classifier(resized), atol=1e-5)
+    stretched = tf.image.resize(big.astype(np.float32), [12, 12], antialias=True) / 255.0
+    assert np.abs(from_bytes["probabilities"] - classifier(stretched)).max() > 1e-4
     np.testing.assert_allclose(from_floats["probabilities"], from_bytes["probabilities"], atol=1e-6)
     np.testing.assert_allclose(from_uint8["probabilities"], from_bytes["probabilities"], atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_non_square_pngs_are_served_the_pixels_they_were_trained_on(channels, tmp_path):
+    """Lossless PNGs through `folder:` (the training path) and through the SavedModel."""
+    from kerassl.data.pipeline import to_float
+    from kerassl.data.registry import load_dataset
+
+    size = 16
+    rng = np.random.default_rng(channels)
+    # (height, width): tall and wide, larger and smaller than 16, square at and off size.
+    shapes = [(40, 23), (23, 40), (9, 14), (14, 9), (16, 30), (31, 31), (16, 16), (7, 19)]
+    # Gray datasets get a gray + alpha file; RGB ones mix gray, RGB and RGBA files.
+    bands = [1, 2] if channels == 1 else [1, 3, 4]
+    root = tmp_path / "photos"
+    files = []  # in the order of load_dataset's rows: train classes, then test classes
+    for split in ("", "test"):
+        for label in ("k0", "k1"):
+            for i in range(2):
+                height, width = shapes[len(files)]
+                band = bands[len(files) % len(bands)]
+                path = root / split / label / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(png(rng.integers(0, 256, (height, width, band), np.uint8)))
+                files.append(path)
+
+    data = load_dataset(f"folder:{root}", image_size=size)
+    assert data.image_shape == (size, size, channels)
+    trained_on = np.concatenate([data.x_train, data.x_test])
+    image_bytes = tf.constant([path.read_bytes() for path in files])
+    served = export_lib.decode_images(image_bytes, size, channels).numpy()
+    np.testing.assert_array_equal(served, to_float(trained_on))  # the very same pixels
+
+    run_dir = make_run_dir(tmp_path / "run", image_size=size, channels=channels, num_classes=2)
+    export = export_lib.export_run(run_dir, "photos", tmp_path / "export")
+    serve = tf.saved_model.load(str(export)).signatures["serving_default"]
+    probabilities = serve(image_bytes=image_bytes)["probabilities"].numpy()
+    classifier, _ = keras_models(run_dir)
+    expected = classifier(to_float(trained_on)).numpy()
+    assert np.abs(probabilities - expected).max() <= 1e-5
 
 
 def test_bytes_that_are_not_an_image_fail_inside_the_graph(gray_export):

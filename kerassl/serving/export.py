@@ -31,13 +31,14 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from kerassl.data.preprocess import preprocess_images, to_unit_float
 from kerassl.errors import UserError
+from kerassl.run_dir import MODEL_FILES, Run, open_run
 
 SERVING_DEFAULT = "serving_default"
 PREDICT_IMAGES = "predict_images"
@@ -47,120 +48,14 @@ IMAGES_INPUT = "images"
 METADATA_FILE = Path("assets.extra") / "kerassl.json"
 MODELS_CONFIG = "models.config"
 
-# `--model` choice → the run directory's Keras file exported for it.
-MODEL_FILES = {"classifier": "classifier.keras", "baseline": "baseline.keras"}
-
-# ITU-R 601-2 luma weights, the ones tf.image.rgb_to_grayscale and PIL's "L" mode use.
-GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
-
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-@dataclass(frozen=True)
-class RunInfo:
-    """What the exporter needs from a run directory's `config.json`."""
-
-    run_dir: Path
-    image_size: int
-    channels: int
-    class_names: tuple[str, ...]
-    method: str
-    dataset: str
-    model: str = "classifier"
-
-    @property
-    def model_file(self) -> str:
-        """The Keras file of `model` in the run directory (`classifier.keras`, …)."""
-        return MODEL_FILES[self.model]
-
-
-def read_run_dir(run_dir: str | Path, model: str = "classifier") -> RunInfo:
-    """Reads and checks a finished run directory (see ARCHITECTURE.md).
-
-    Args:
-        run_dir: the run directory.
-        model: which of the run's models is wanted, a key of `MODEL_FILES`.
-
-    Raises:
-        UserError: the directory is missing, unfinished (no `metrics.json`), lacks the
-            model's Keras file, or its `config.json` lacks a needed field.
-    """
-    if model not in MODEL_FILES:
-        raise UserError(f"--model must be one of {', '.join(MODEL_FILES)}, got {model!r}")
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {str(run_dir)!r} does not exist")
-    if not (run_dir / "metrics.json").is_file():
-        raise UserError(
-            f"run directory {str(run_dir)!r} has no metrics.json: the run is unfinished; "
-            "export a run that completed"
-        )
-    if model == "classifier" and not (run_dir / "classifier.keras").is_file():
-        raise UserError(
-            f"run directory {str(run_dir)!r} has no classifier.keras: only runs that "
-            "trained a classifier can be exported"
-        )
-    if model == "baseline" and not (run_dir / "baseline.keras").is_file():
-        metrics = _read_json_or_none(run_dir / "metrics.json")
-        if isinstance(metrics, dict) and "baseline" in metrics:
-            reason = "its baseline was trained by a kerassl that did not save baseline.keras"
-        else:
-            reason = "it was trained with --baseline none"
-        raise UserError(f"run {str(run_dir)!r} has no baseline.keras: {reason}")
-    config_path = run_dir / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"run directory {str(run_dir)!r} has no config.json") from None
-    except json.JSONDecodeError as error:
-        raise UserError(f"{config_path} is not valid JSON: {error}") from None
-    missing = [key for key in ("image_size", "channels", "class_names") if key not in config]
-    if missing:
-        raise UserError(f"{config_path} lacks {', '.join(missing)}")
-    image_size, channels = config["image_size"], config["channels"]
-    if not isinstance(image_size, int) or image_size < 1:
-        raise UserError(f"{config_path}: image_size must be a positive int, got {image_size!r}")
-    if channels not in (1, 3):
-        raise UserError(f"{config_path}: channels must be 1 or 3, got {channels!r}")
-    class_names = config["class_names"]
-    if not isinstance(class_names, list) or len(class_names) < 2:
-        raise UserError(f"{config_path}: class_names must list at least 2 names")
-    return RunInfo(
-        run_dir=run_dir.resolve(),
-        image_size=image_size,
-        channels=channels,
-        class_names=tuple(str(name) for name in class_names),
-        method=str(config.get("method", "unknown")),
-        dataset=str(config.get("dataset", "unknown")),
-        model=model,
-    )
-
-
-def load_run_models(run_dir: str | Path, model: str = "classifier"):
-    """Loads `(classifier, encoder)` from a run directory; `encoder` may be None.
-
-    Args:
-        run_dir: the run directory.
-        model: a key of `MODEL_FILES`. For `"baseline"`, `classifier` is `baseline.keras`
-            and `encoder` is None (the baseline has no separate encoder).
-
-    kerassl's custom layers are registered first by importing `kerassl.models` (skipped
-    when that package cannot be imported yet).
-    """
-    import keras
-
-    try:
-        import kerassl.models  # noqa: F401  (registers kerassl's serializable layers)
-    except ImportError:
-        pass
-    run_dir = Path(run_dir)
-    classifier = keras.saving.load_model(run_dir / MODEL_FILES[model], compile=False)
-    if model != "classifier":
-        return classifier, None
-    encoder_path = run_dir / "encoder.keras"
-    encoder = (
-        keras.saving.load_model(encoder_path, compile=False) if encoder_path.is_file() else None
-    )
+def load_models(run: Run, model: str = "classifier"):
+    """`(classifier, encoder)` of a run; `encoder` is None for the baseline (it has no
+    separate encoder) and for a run without `encoder.keras`."""
+    classifier = run.load(model)
+    encoder = run.load("encoder") if model == "classifier" and run.has("encoder") else None
     return classifier, encoder
 
 
@@ -191,46 +86,14 @@ def _embedding_model(classifier, encoder):
     return encoder
 
 
-def to_channels(images: tf.Tensor, channels: int) -> tf.Tensor:
-    """Converts float images [..., H, W, c] with c in 1..4 to `channels` (1 or 3).
-
-    Alpha (2nd of 2 or 4th of 4 channels) is dropped; RGB → gray uses `GRAY_WEIGHTS`;
-    gray → RGB repeats the channel. An input that already has `channels` passes unchanged.
-    """
-    count = tf.shape(images)[-1]
-    tf.debugging.assert_less_equal(count, 4, message="images must have 1 to 4 channels")
-    images = tf.cond(tf.equal(count % 2, 0), lambda: images[..., :-1], lambda: images)
-    is_gray = tf.equal(tf.shape(images)[-1], 1)
-    if channels == 1:
-        weights = tf.constant(GRAY_WEIGHTS, tf.float32)
-        images = tf.cond(
-            is_gray,
-            lambda: images,
-            lambda: tf.reduce_sum(images[..., :3] * weights, axis=-1, keepdims=True),
-        )
-    else:
-        images = tf.cond(is_gray, lambda: tf.repeat(images, 3, axis=-1), lambda: images[..., :3])
-    return tf.ensure_shape(images, [None] * (images.shape.rank - 1) + [channels])
-
-
 def to_model_input(images: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
     """Pixel values in [0, 255] (any size, 1..4 channels) → float32 [..., S, S, channels] in [0, 1].
 
-    Resizing (bilinear, antialiased) happens only when the size differs, so images already
-    at `image_size` reach the model bit-identical to `uint8 / 255`.
+    The pixels the model was trained on: `kerassl.data.preprocess.preprocess_images` (centre
+    square crop, bilinear resize, channel conversion, rounded to uint8) divided by 255, so
+    images already at `image_size` reach the model bit-identical to `uint8 / 255`.
     """
-    images = to_channels(tf.cast(images, tf.float32), channels)
-    shape = tf.shape(images)
-    same_size = tf.logical_and(tf.equal(shape[-3], image_size), tf.equal(shape[-2], image_size))
-    images = tf.cond(
-        same_size,
-        lambda: images,
-        lambda: tf.image.resize(images, [image_size, image_size], antialias=True),
-    )
-    images = tf.clip_by_value(images / 255.0, 0.0, 1.0)
-    return tf.ensure_shape(
-        images, [None] * (images.shape.rank - 3) + [image_size, image_size, channels]
-    )
+    return to_unit_float(preprocess_images(images, image_size, channels))
 
 
 def decode_images(image_bytes: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
@@ -392,7 +255,10 @@ def export_run(
     Returns:
         The version directory written.
     """
-    info = read_run_dir(run_dir, model)
+    if model not in MODEL_FILES:
+        raise UserError(f"--model must be one of {', '.join(MODEL_FILES)}, got {model!r}")
+    run = open_run(run_dir, finished=True)
+    run.require(model)
     check_model_name(name)
     if version is not None and version < 1:
         raise UserError(f"--version must be a positive integer, got {version}")
@@ -406,13 +272,13 @@ def export_run(
         )
     model_dir.mkdir(parents=True, exist_ok=True)
 
-    classifier, encoder = load_run_models(info.run_dir, model)
+    classifier, encoder = load_models(run, model)
     module = ServingModule(
         classifier,
         _embedding_model(classifier, encoder),
-        info.image_size,
-        info.channels,
-        info.class_names,
+        run.image_size,
+        run.channels,
+        run.class_names,
         top_k=top_k,
     )
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
@@ -420,14 +286,14 @@ def export_run(
         tf.saved_model.save(module, str(staging), signatures=module.signatures())
         metadata = {
             "name": name,
-            "run_dir": str(info.run_dir),
+            "run_dir": str(run.path),
             "model": model,
-            "keras_file": info.model_file,
-            **_model_description(info),
-            "dataset": info.dataset,
-            "image_size": info.image_size,
-            "channels": info.channels,
-            "class_names": list(info.class_names),
+            "keras_file": MODEL_FILES[model],
+            **_model_description(run, model),
+            "dataset": run.dataset,
+            "image_size": run.image_size,
+            "channels": run.channels,
+            "class_names": list(run.class_names),
             "top_k": module.top_k,
             "signatures": [SERVING_DEFAULT, PREDICT_IMAGES, EMBED],
             "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -452,33 +318,22 @@ def export_run(
     return model_dir / str(number)
 
 
-def _model_description(info: RunInfo) -> dict:
+def _model_description(run: Run, model: str) -> dict:
     """`method` and `metrics` of the exported model, for `assets.extra/kerassl.json`.
 
     The classifier keeps the run's method and its whole `metrics.json`; the baseline gets
     `"supervised <architecture>"`, the run's method as `run_method`, and the `"baseline"`
     entry of `metrics.json`.
     """
-    metrics = _read_json_or_none(info.run_dir / "metrics.json")
-    if info.model == "classifier":
-        return {"method": info.method, "metrics": metrics}
-    baseline = metrics.get("baseline") if isinstance(metrics, dict) else None
+    if model == "classifier":
+        return {"method": run.method, "metrics": run.metrics}
+    baseline = run.metrics.get("baseline") if isinstance(run.metrics, dict) else None
     architecture = baseline.get("model") if isinstance(baseline, dict) else None
-    if architecture is None:
-        config = _read_json_or_none(info.run_dir / "config.json") or {}
-        architecture = config.get("baseline", "unknown")
     return {
-        "method": f"supervised {architecture}",
-        "run_method": info.method,
+        "method": f"supervised {architecture or run.config.get('baseline', 'unknown')}",
+        "run_method": run.method,
         "metrics": baseline,
     }
-
-
-def _read_json_or_none(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def read_export_metadata(version_dir: str | Path) -> dict:
