@@ -17,7 +17,9 @@ from kerassl.evaluation import (
     extract_features,
     knn_accuracy,
     knn_predict,
+    knn_scores,
     linear_probe,
+    topk_accuracy,
 )
 
 
@@ -124,6 +126,41 @@ def test_probe_rejects_unusable_labels():
         linear_probe(x, y, x, y + 1, num_classes=2)
 
 
+# ---------------------------------------------------------------- top-k accuracy
+
+
+def test_topk_accuracy_counts_ranks():
+    probabilities = np.array(
+        [
+            [0.50, 0.20, 0.10, 0.05, 0.05, 0.04, 0.06],  # label 0: top-1 hit
+            [0.50, 0.20, 0.10, 0.09, 0.05, 0.04, 0.02],  # label 3: rank 4, top-5 hit
+            [0.50, 0.20, 0.10, 0.09, 0.08, 0.02, 0.01],  # label 6: rank 7, miss
+            [0.10, 0.60, 0.10, 0.05, 0.05, 0.05, 0.05],  # label 1: top-1 hit
+        ]
+    )
+    assert topk_accuracy(probabilities, np.array([0, 3, 6, 1])) == {"top1": 0.5, "top5": 0.75}
+    # Top-5 of 5 classes is 1 by construction: not reported.
+    assert topk_accuracy(probabilities[:, :5], np.array([0, 3, 1, 1])) == {"top1": 0.5}
+    assert topk_accuracy(probabilities[:0], np.zeros(0)) == {"top1": 0.0, "top5": 0.0}
+    with pytest.raises(ValueError, match="k must be an integer >= 1. Received: k=0"):
+        topk_accuracy(probabilities, np.zeros(4), ks=(0,))
+
+
+def test_topk_accuracy_breaks_ties_to_the_smaller_class():
+    scores = np.zeros((7, 7))  # every class tied
+    labels = np.arange(7)
+    assert topk_accuracy(scores, labels) == {"top1": 1 / 7, "top5": 5 / 7}
+    # The linear probe's former rule: argmax for top-1, a stable argsort for top-5.
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 3, (200, 8)).astype(float)  # many ties
+    labels = rng.integers(0, 8, 200)
+    best5 = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+    assert topk_accuracy(scores, labels) == {
+        "top1": np.mean(np.argmax(scores, axis=1) == labels),
+        "top5": np.mean(np.any(best5 == labels[:, None], axis=1)),
+    }
+
+
 # ---------------------------------------------------------------- features
 
 
@@ -173,6 +210,13 @@ def test_knn_matches_brute_force(k, tau):
     assert knn_accuracy(bank, bank_labels, queries, query_labels, k, tau) == pytest.approx(
         np.mean(expected == query_labels)
     )
+
+
+def test_knn_scores_rank_the_classes_of_the_votes():
+    bank = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]])
+    scores = knn_scores(bank, [0, 0, 1, 2], np.array([[1.0, 0.05]]), k=3, temperature=1.0)
+    assert scores.shape == (1, 3) and scores[0, 2] == 0.0  # class 2 is not among the top 3
+    assert scores[0, 0] > scores[0, 1] > 0.0
 
 
 def test_one_nn_returns_the_label_of_the_nearest_direction():

@@ -1,20 +1,21 @@
-"""Supervised baselines: architectures, metrics maths, augmentation, training protocol."""
+"""Supervised baselines: architectures, augmentation, training protocol, flip decision."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import keras
 import numpy as np
 import pytest
 
+from kerassl import supervised
 from kerassl.data.splits import Split, label_split
-from kerassl.models import supervised
-from kerassl.models.supervised import (
-    accuracy_metrics,
-    build_classifier,
+from kerassl.models import classifiers
+from kerassl.models.classifiers import build_classifier, resolve_weights
+from kerassl.supervised import (
     evaluate_classifier,
     fit_supervised,
     label_augmenter,
-    resolve_weights,
     supervised_baseline,
 )
 
@@ -74,24 +75,10 @@ def test_cnn_deep_has_dense_classifier_and_config_roundtrip(tmp_path):
 def test_build_classifier_rejects_bad_arguments():
     with pytest.raises(ValueError, match="name must be one of"):
         build_classifier("vgg", (16, 16, 1), 10)
-    with pytest.raises(ValueError, match="num_classes must be >= 2"):
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
         build_classifier("cnn", (16, 16, 1), 1)
-    with pytest.raises(ValueError, match="dropout must be in"):
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\). Received: dropout=1.5"):
         build_classifier("mlp", (16, 16, 1), 10, dropout=1.5)
-
-
-def test_accuracy_metrics_counts_ranks():
-    probabilities = np.array(
-        [
-            [0.50, 0.20, 0.10, 0.05, 0.05, 0.04, 0.06],  # label 0: top-1 hit
-            [0.50, 0.20, 0.10, 0.09, 0.05, 0.04, 0.02],  # label 3: rank 4, top-5 hit
-            [0.50, 0.20, 0.10, 0.09, 0.08, 0.02, 0.01],  # label 6: rank 7, miss
-            [0.10, 0.60, 0.10, 0.05, 0.05, 0.05, 0.05],  # label 1: top-1 hit
-        ]
-    )
-    metrics = accuracy_metrics(probabilities, np.array([0, 3, 6, 1]))
-    assert metrics == {"top1": 0.5, "top5": 0.75}
-    assert accuracy_metrics(probabilities[:, :5], np.array([0, 3, 1, 1])) == {"top1": 0.5}
 
 
 def test_label_augmenter_random_in_training_identity_at_inference():
@@ -164,8 +151,8 @@ def test_fit_supervised_rejects_unlabeled_indices():
 
 def test_resolve_weights_uses_local_cache_only(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    assert supervised._keras_homes()[0] == str(tmp_path / "keras_home")
-    monkeypatch.setattr(supervised, "_keras_homes", lambda: [str(tmp_path)])
+    assert classifiers._keras_homes()[0] == str(tmp_path / "keras_home")
+    monkeypatch.setattr(classifiers, "_keras_homes", lambda: [str(tmp_path)])
     assert resolve_weights("inceptionv3", "auto") is None
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5").touch()
@@ -177,14 +164,37 @@ def test_resolve_weights_uses_local_cache_only(tmp_path, monkeypatch):
 
 
 def test_supervised_baseline_on_digits_beats_chance():
-    from kerassl.data.sources import load_dataset
+    from kerassl.data.registry import load_dataset
 
     data = load_dataset("digits")
     split = label_split(data.y_train, 100, seed=0, validation=0.2)
-    metrics, classifier = supervised_baseline(data, split, model="cnn", epochs=30, seed=0)
+    metrics, classifier = supervised_baseline(
+        data, split, flip=False, model="cnn", epochs=30, seed=0
+    )
     assert set(metrics) == {"model", "top1", "top5", "epochs_run", "num_labeled"}
     assert metrics["num_labeled"] == 100 and 1 <= metrics["epochs_run"] <= 30
     assert metrics["top1"] > 0.4  # chance is 0.1
     assert metrics["top5"] >= metrics["top1"]
     probabilities = classifier.predict(data.x_test[:4] / 255.0, verbose=0)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_supervised_baseline_flips_as_the_caller_says(monkeypatch):
+    """The flip comes from the caller's resolved augmentation, never from `data.preset`."""
+    x, y = _bright_dark(12)
+    data = SimpleNamespace(
+        x_train=x, y_train=y, x_test=x[:4], y_test=y[:4], num_classes=2, preset="digits"
+    )
+    seen = {}
+
+    def fit_spy(model, x_train, y_train, split, **kwargs):
+        seen.update(kwargs)
+        return SimpleNamespace(epoch=[0, 1])
+
+    monkeypatch.setattr(supervised, "fit_supervised", fit_spy)
+    split = Split(labeled=np.arange(8), validation=np.arange(8, 12))
+    metrics, _ = supervised_baseline(data, split, flip=True, model="mlp", hidden_units=(4,))
+    assert seen["flip"] is True  # a "digits" preset does not veto the caller's flip
+    assert metrics["num_labeled"] == 12
+    with pytest.raises(TypeError, match="flip"):
+        supervised_baseline(data, split, model="mlp")

@@ -10,6 +10,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from kerassl.evaluation.features import extract_features
+from kerassl.evaluation.metrics import topk_accuracy
+
 
 def _check(k: int, temperature: float) -> None:
     if not (isinstance(k, (int, np.integer)) and k >= 1):
@@ -24,7 +27,7 @@ def _normalize(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(norms, 1e-12)
 
 
-def knn_predict(
+def knn_scores(
     train_features: np.ndarray,
     train_labels: np.ndarray,
     test_features: np.ndarray,
@@ -32,12 +35,11 @@ def knn_predict(
     temperature: float = 0.07,
     chunk_size: int = 1024,
 ) -> np.ndarray:
-    """Predicted labels of a cosine-similarity weighted kNN vote.
+    """Class scores of a cosine-similarity weighted kNN vote.
 
     Each query takes its k most similar bank vectors (cosine similarity sᵢ) and class c
-    scores Σ_{i ∈ top-k, yᵢ = c} exp(sᵢ / τ); the prediction is the best class (the
-    smallest label on a tie). k = 1 is the plain 1-NN classifier. k larger than the bank
-    uses the whole bank.
+    scores Σ_{i ∈ top-k, yᵢ = c} exp(sᵢ / τ) (scaled by a constant per query). k = 1 is
+    the plain 1-NN classifier. k larger than the bank uses the whole bank.
 
     Args:
         train_features: [M, D] bank features.
@@ -48,7 +50,7 @@ def knn_predict(
         chunk_size: queries per similarity block (bounds memory to chunk_size × M floats).
 
     Returns:
-        [Q] int64 predicted labels.
+        float64 [Q, C] votes, C = largest bank label + 1.
     """
     _check(k, temperature)
     labels = np.asarray(train_labels).astype(np.int64).ravel()
@@ -62,8 +64,7 @@ def knn_predict(
     bank = _normalize(train_features)  # [M, D]
     queries = _normalize(test_features)  # [Q, D]
     k = min(int(k), len(bank))
-    num_classes = int(labels.max()) + 1
-    predictions = np.empty(len(queries), np.int64)
+    scores = np.zeros((len(queries), int(labels.max()) + 1))
     for start in range(0, len(queries), chunk_size):
         similarity = queries[start : start + chunk_size] @ bank.T  # [q, M] cosine
         if k < len(bank):
@@ -73,10 +74,22 @@ def knn_predict(
         top_similarity = np.take_along_axis(similarity, top, axis=1).astype(np.float64)
         # exp((s − 1)/τ) ∝ exp(s/τ) per query, without overflow for small τ.
         weights = np.exp((top_similarity - 1.0) / temperature)  # [q, k]
-        scores = np.zeros((len(top), num_classes))
-        np.add.at(scores, (np.arange(len(top))[:, None], labels[top]), weights)
-        predictions[start : start + len(top)] = np.argmax(scores, axis=1)
-    return predictions
+        rows = start + np.arange(len(top))[:, None]
+        np.add.at(scores, (rows, labels[top]), weights)
+    return scores
+
+
+def knn_predict(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk_size: int = 1024,
+) -> np.ndarray:
+    """[Q] int64 best classes of the `knn_scores` vote (the smallest label on a tie)."""
+    scores = knn_scores(train_features, train_labels, test_features, k, temperature, chunk_size)
+    return np.argmax(scores, axis=1)
 
 
 def knn_accuracy(
@@ -87,9 +100,9 @@ def knn_accuracy(
     k: int = 20,
     temperature: float = 0.07,
 ) -> float:
-    """Top-1 accuracy of `knn_predict` on labeled queries (fraction in [0, 1])."""
-    predictions = knn_predict(train_features, train_labels, test_features, k, temperature)
-    return float(np.mean(predictions == np.asarray(test_labels).ravel()))
+    """Top-1 accuracy of the `knn_scores` vote on labeled queries (fraction in [0, 1])."""
+    scores = knn_scores(train_features, train_labels, test_features, k, temperature)
+    return topk_accuracy(scores, test_labels, ks=(1,))["top1"]
 
 
 class KNNMonitor(keras.callbacks.Callback):
@@ -148,8 +161,6 @@ class KNNMonitor(keras.callbacks.Callback):
         if logs is None or not (self._first_epoch or (epoch + 1) % self.every == 0):
             return
         self._first_epoch = False
-        from kerassl.evaluation.probes import extract_features  # probes imports this module
-
         encoder = getattr(self.model, "encoder", None)
         if encoder is None:
             encoder = self.model

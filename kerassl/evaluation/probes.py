@@ -1,4 +1,4 @@
-"""Evaluation of a frozen encoder: feature extraction and the linear probe.
+"""The linear probe: logistic regression on a frozen encoder's features.
 
 The linear evaluation protocol of SimCLR (Chen et al. 2020, §4 / B.5): a multinomial
 logistic regression on frozen features, here fitted with L-BFGS on standardised features,
@@ -29,7 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from kerassl.errors import UserError
-from kerassl.evaluation.knn import KNNMonitor, knn_accuracy  # noqa: F401  (re-exported)
+from kerassl.evaluation.metrics import topk_accuracy
 
 # Inverse L2 strengths tried by cross-validation (a log grid, as in SimCLR's linear eval).
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -42,44 +42,6 @@ _ABSENT_CLASS_LOGIT = -1e9
 # Below this many training feature values, BLAS/OpenMP run single-threaded: on small probes
 # their thread pools only spin against TensorFlow's (measured 10x slower on 2 busy cores).
 _SINGLE_THREAD_BELOW = 2_000_000
-
-
-def extract_features(
-    encoder: keras.Model, x_uint8: np.ndarray, batch_size: int = 256
-) -> np.ndarray:
-    """Embeds images with a frozen encoder (inference mode, no augmentation).
-
-    Args:
-        encoder: model mapping [0, 1] float images to [D] vectors.
-        x_uint8: uint8 images [N, H, W, C], scaled to [0, 1] batch by batch (float images
-            are taken as already scaled).
-        batch_size: images per forward pass.
-
-    Returns:
-        float32 [N, D] features.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
-    x = np.asarray(x_uint8)
-    scale = 1.0 / 255.0 if x.dtype == np.uint8 else 1.0
-    if len(x) == 0:
-        return np.zeros((0, encoder.output_shape[-1]), np.float32)
-    predict = encoder.predict_on_batch
-    if encoder.distribute_strategy.num_replicas_in_sync > 1:
-        # An encoder built under a multi-replica strategy: `predict_on_batch` would run the
-        # whole batch on every replica and concatenate the replicas' outputs (replicas x N
-        # rows; under MultiWorkerMirroredStrategy gathered from every worker, a collective
-        # that hangs unless all workers call it). Every replica holds the same weights, so
-        # the local copy embeds the batch alone.
-        def predict(batch):
-            return encoder(batch, training=False)
-
-    chunks = []
-    for start in range(0, len(x), batch_size):
-        batch = x[start : start + batch_size].astype(np.float32) * scale
-        chunks.append(np.asarray(predict(batch), np.float32))
-    features = np.concatenate(chunks)
-    return features.reshape(len(x), -1)
 
 
 @dataclass
@@ -256,16 +218,10 @@ def linear_probe(
     probabilities = np.zeros((len(test_features), num_classes))
     if len(test_features):
         probabilities[:, logreg.classes_] = pipeline.predict_proba(test_features)
-    top1 = (
-        float(np.mean(np.argmax(probabilities, axis=1) == test_labels)) if len(test_labels) else 0.0
-    )
-    top5 = None
-    if num_classes > 5 and len(test_labels):
-        best5 = np.argsort(-probabilities, axis=1, kind="stable")[:, :5]
-        top5 = float(np.mean(np.any(best5 == test_labels[:, None], axis=1)))
+    accuracy = topk_accuracy(probabilities, test_labels, ks=(1, 5))
     result = ProbeResult(
-        top1=top1,
-        top5=top5,
+        top1=accuracy["top1"],
+        top5=accuracy.get("top5"),
         num_train=len(train_labels),
         num_test=len(test_labels),
         c=c,
