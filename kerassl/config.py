@@ -7,7 +7,35 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from kerassl.checks import RULES, parse_weights, parse_widths
 from kerassl.errors import UserError
+
+# Config field → its rule in `kerassl.checks.RULES` (constructor argument names differ
+# where the CLI needs a clearer name: --bt-lambda is Barlow Twins' lambda_).
+_RULES_OF_FIELDS = {
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "learning_rate": "learning_rate",
+    "temperature": "temperature",
+    "weight_decay": "weight_decay",
+    "validation": "validation",
+    "image_size": "image_size",
+    "projection_dim": "projection_dim",
+    "hidden_dim": "hidden_dim",
+    "steps_per_epoch": "steps_per_epoch",
+    "max_unlabeled": "max_unlabeled",
+    "momentum": "momentum",
+    "queue_size": "queue_size",
+    "bn_groups": "bn_groups",
+    "bt_lambda": "lambda_",
+    "knn_every": "knn_every",
+    "baseline_epochs": "baseline_epochs",
+}
+_OPTIONAL = {"image_size", "steps_per_epoch", "max_unlabeled"}  # None: the default
+
+
+def _reject(name: str, accepted: str, value) -> None:
+    raise UserError(f"--{name.replace('_', '-')} must be {accepted}; got {value}")
 
 
 @dataclass
@@ -24,7 +52,7 @@ class TrainConfig:
     validation: float = 0.2  # fraction of the labeled examples held out for model selection
     augment: str | None = None  # preset; None: the dataset's default
     encoder: str = "cnn"
-    weights: str | None = None  # None or "imagenet" (keras.applications encoders)
+    weights: str | None = None  # None or "imagenet" (keras.applications encoders); "none" → None
     head: str = "mlp"
     projection_dim: int = 128
     hidden_dim: int = 512
@@ -59,44 +87,50 @@ class TrainConfig:
     run_name: str | None = None
 
     def validate(self) -> None:
-        """Raises `UserError` for values no run could use."""
-        checks = [
-            (self.epochs >= 1, "epochs", "an integer >= 1"),
-            (self.batch_size >= 2, "batch_size", "an integer >= 2"),
-            (self.learning_rate > 0, "learning_rate", "> 0"),
-            (self.temperature > 0, "temperature", "> 0"),
-            (self.weight_decay >= 0, "weight_decay", ">= 0"),
-            (0 <= self.validation < 1, "validation", "in [0, 1)"),
-            (self.image_size is None or self.image_size >= 8, "image_size", ">= 8"),
-            (self.projection_dim >= 1, "projection_dim", ">= 1"),
-            (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch", ">= 1"),
-            (
-                0 <= self.warmup_epochs <= self.epochs,
-                "warmup_epochs",
-                f"in [0, --epochs ({self.epochs})]",
-            ),
-            (self.max_unlabeled is None or self.max_unlabeled >= 2, "max_unlabeled", ">= 2"),
-            (0 <= self.momentum < 1, "momentum", "in [0, 1)"),
-            (self.queue_size >= 1, "queue_size", "an integer >= 1"),
-            (self.bn_groups >= 1, "bn_groups", "an integer >= 1"),
-            (
-                self.method != "moco" or self.batch_size % self.bn_groups == 0,
+        """Raises `UserError` for values no run could use (before any data or TensorFlow).
+
+        Single values follow `kerassl.checks.RULES`, the rules constructors apply too;
+        what spans several settings is checked here.
+        """
+        from kerassl.data.presets import get_preset
+        from kerassl.methods import get_method
+
+        get_method(self.method)
+        if self.augment is not None:
+            get_preset(self.augment)
+        for name, rule_name in _RULES_OF_FIELDS.items():
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL:
+                continue
+            rule = RULES[rule_name]
+            if not rule.holds(value):
+                _reject(name, rule.accepted, value)
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            _reject("warmup_epochs", f"in [0, --epochs ({self.epochs})]", self.warmup_epochs)
+        if self.method == "moco" and self.batch_size % self.bn_groups:
+            _reject(
                 "batch_size",
                 f"a multiple of --bn-groups ({self.bn_groups}) for moco",
-            ),
-            (self.bt_lambda >= 0, "bt_lambda", ">= 0"),
-            (self.jit_compile in (True, False, "auto"), "jit_compile", "auto, on or off"),
-            (
-                all(w.strip().isdigit() and int(w) >= 1 for w in self.projector_dims.split(",")),
+                self.batch_size,
+            )
+        if self.jit_compile not in (True, False, "auto"):
+            _reject("jit_compile", "auto, on or off", self.jit_compile)
+        try:
+            parse_widths(self.projector_dims)
+        except ValueError:
+            _reject(
                 "projector_dims",
                 "comma-separated integers >= 1 (e.g. 1024,1024,1024)",
-            ),
-        ]
-        for ok, name, accepted in checks:
-            if not ok:
-                raise UserError(
-                    f"--{name.replace('_', '-')} must be {accepted}; got {getattr(self, name)}"
-                )
+                self.projector_dims,
+            )
+
+    @property
+    def projector_widths(self) -> tuple[int, ...]:
+        """`projector_dims` as integers."""
+        return parse_widths(self.projector_dims)
+
+    def __post_init__(self):
+        self.weights = parse_weights(self.weights)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

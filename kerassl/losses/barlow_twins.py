@@ -9,12 +9,17 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kerassl.checks import check
+
+# λ of the paper (≈ 1/d for its d = 8192 projector): the default here and of `BarlowTwins`.
+BT_LAMBDA = 5e-3
+
 
 def _check(lambda_=0.0, epsilon=0.0) -> None:
-    if isinstance(lambda_, (int, float)) and not lambda_ >= 0:
-        raise ValueError(f"lambda_ must be >= 0. Received: lambda_={lambda_}")
-    if isinstance(epsilon, (int, float)) and not epsilon >= 0:
-        raise ValueError(f"epsilon must be >= 0. Received: epsilon={epsilon}")
+    """Keras-style `ValueError`s for Python values out of range (tensors pass)."""
+    for name, value in (("lambda_", lambda_), ("epsilon", epsilon)):
+        if isinstance(value, (int, float)):
+            check(name, value)
 
 
 def batch_moments(z):
@@ -76,7 +81,7 @@ def cross_correlation(z1, z2, epsilon=1e-5, batch_size=None):
     )
 
 
-def barlow_twins_from_correlation(c, lambda_=5e-3):
+def barlow_twins_from_correlation(c, lambda_=BT_LAMBDA):
     """L_BT = Σ_i (1 − C_ii)² + λ Σ_i Σ_{j≠i} C_ij²  (eq. 1) for a [d, d] matrix C."""
     _check(lambda_=lambda_)
     d = ops.shape(c)[0]
@@ -86,7 +91,7 @@ def barlow_twins_from_correlation(c, lambda_=5e-3):
     return on_diagonal + lambda_ * off_diagonal
 
 
-def barlow_twins(z1, z2, lambda_=5e-3, epsilon=1e-5):
+def barlow_twins(z1, z2, lambda_=BT_LAMBDA, epsilon=1e-5):
     """Barlow Twins loss of two batches of embeddings of the same images.
 
     Eq. (1):
@@ -129,7 +134,11 @@ class BarlowTwinsLoss(keras.losses.Loss):
     """
 
     def __init__(
-        self, lambda_: float = 5e-3, epsilon: float = 1e-5, name: str = "barlow_twins", **kwargs
+        self,
+        lambda_: float = BT_LAMBDA,
+        epsilon: float = 1e-5,
+        name: str = "barlow_twins",
+        **kwargs,
     ):
         _check(lambda_, epsilon)
         super().__init__(name=name, **kwargs)

@@ -12,8 +12,11 @@ from keras import ops
 
 from kerassl.losses.nt_xent import check_temperature, l2_normalize
 
+# τ of MoCo v2 (0.07 in v1): the default of `info_nce`, `InfoNCE` and `MoCo`.
+MOCO_TEMPERATURE = 0.2
 
-def info_nce(query, key, queue, temperature=0.2):
+
+def info_nce(query, key, queue, temperature=MOCO_TEMPERATURE):
     """InfoNCE of MoCo: classify each query's key among the key and K queued negatives.
 
     Eq. (1) of MoCo, with q and k L2-normalised:
@@ -59,7 +62,7 @@ class InfoNCE(keras.losses.Loss):
         name: loss name.
     """
 
-    def __init__(self, temperature: float = 0.2, name: str = "info_nce", **kwargs):
+    def __init__(self, temperature: float = MOCO_TEMPERATURE, name: str = "info_nce", **kwargs):
         check_temperature(temperature)
         super().__init__(name=name, **kwargs)
         self.temperature = temperature

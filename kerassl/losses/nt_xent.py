@@ -9,6 +9,10 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kerassl.checks import check
+
+# τ of the paper's CIFAR-10 runs: the default of `nt_xent`, `NTXent` and `SimCLR`.
+SIMCLR_TEMPERATURE = 0.5
 # Added to the masked self-similarities (they must never win the softmax), and the epsilon
 # under the square root of the L2 normalisation (as `tf.math.l2_normalize`).
 _LARGE_NUM = 1e9
@@ -23,12 +27,12 @@ def l2_normalize(x, epsilon: float = _EPSILON):
 
 
 def check_temperature(temperature) -> None:
-    """Keras-style `ValueError` for a Python temperature that is not > 0."""
-    if isinstance(temperature, (int, float)) and not temperature > 0:
-        raise ValueError(f"temperature must be > 0. Received: temperature={temperature}")
+    """Keras-style `ValueError` for a Python temperature that is not > 0 (tensors pass)."""
+    if isinstance(temperature, (int, float)):
+        check("temperature", temperature)
 
 
-def nt_xent(z1, z2, temperature=0.5, z1_negatives=None, z2_negatives=None, offset=0):
+def nt_xent(z1, z2, temperature=SIMCLR_TEMPERATURE, z1_negatives=None, z2_negatives=None, offset=0):
     """NT-Xent loss of SimCLR over 2N views, with cosine similarity.
 
     For a positive pair (i, j) among the 2N embeddings of a batch of N images (eq. 1):
@@ -108,7 +112,7 @@ class NTXent(keras.losses.Loss):
         name: loss name.
     """
 
-    def __init__(self, temperature: float = 0.5, name: str = "nt_xent", **kwargs):
+    def __init__(self, temperature: float = SIMCLR_TEMPERATURE, name: str = "nt_xent", **kwargs):
         check_temperature(temperature)
         super().__init__(name=name, **kwargs)
         self.temperature = temperature

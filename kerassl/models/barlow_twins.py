@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-from kerassl.losses.barlow_twins import barlow_twins
+from kerassl.checks import check
+from kerassl.losses.barlow_twins import BT_LAMBDA, barlow_twins
 from kerassl.models.base import SSLModel, all_gather
 from kerassl.models.encoders import BN_MOMENTUM
 
@@ -80,12 +81,10 @@ class BarlowTwins(SSLModel):
     reports_accuracy = False  # not a classification of the positive pair
 
     def __init__(
-        self, encoder, head, augmenter, lambda_: float = 5e-3, epsilon: float = 1e-5, **kwargs
+        self, encoder, head, augmenter, lambda_: float = BT_LAMBDA, epsilon: float = 1e-5, **kwargs
     ):
-        if not lambda_ >= 0:
-            raise ValueError(f"lambda_ must be >= 0. Received: lambda_={lambda_}")
-        if not epsilon >= 0:
-            raise ValueError(f"epsilon must be >= 0. Received: epsilon={epsilon}")
+        check("lambda_", lambda_)
+        check("epsilon", epsilon)
         super().__init__(encoder, head, augmenter, **kwargs)
         self.lambda_ = lambda_
         self.epsilon = epsilon

@@ -6,7 +6,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from kerassl.losses.info_nce import info_nce
+from kerassl.checks import check
+from kerassl.losses.info_nce import MOCO_TEMPERATURE, info_nce
 from kerassl.losses.nt_xent import l2_normalize
 from kerassl.models.base import SSLModel, all_gather, num_replicas, update_momentum
 
@@ -195,7 +196,7 @@ class MoCo(SSLModel):
         encoder,
         head,
         augmenter,
-        temperature: float = 0.2,
+        temperature: float = MOCO_TEMPERATURE,
         momentum: float = 0.99,
         queue_size: int = 4096,
         symmetric: bool = False,
@@ -203,16 +204,13 @@ class MoCo(SSLModel):
         seed: int | None = None,
         **kwargs,
     ):
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0. Received: temperature={temperature}")
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1). Received: momentum={momentum}")
-        if int(queue_size) != queue_size or queue_size < 1:
-            raise ValueError(
-                f"queue_size must be an integer >= 1. Received: queue_size={queue_size}"
-            )
-        if int(bn_groups) != bn_groups or bn_groups < 1:
-            raise ValueError(f"bn_groups must be an integer >= 1. Received: bn_groups={bn_groups}")
+        for name, value in (
+            ("temperature", temperature),
+            ("momentum", momentum),
+            ("queue_size", queue_size),
+            ("bn_groups", bn_groups),
+        ):
+            check(name, value)
         # Method state is created before the base initialiser, which builds the model.
         self.temperature = temperature
         self.momentum = momentum

@@ -6,7 +6,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from kerassl.losses.nt_xent import nt_xent
+from kerassl.checks import check
+from kerassl.losses.nt_xent import SIMCLR_TEMPERATURE, nt_xent
 from kerassl.models.base import SSLModel, all_gather
 
 
@@ -33,9 +34,8 @@ class SimCLR(SSLModel):
     ```
     """
 
-    def __init__(self, encoder, head, augmenter, temperature: float = 0.5, **kwargs):
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0. Received: temperature={temperature}")
+    def __init__(self, encoder, head, augmenter, temperature: float = SIMCLR_TEMPERATURE, **kwargs):
+        check("temperature", temperature)
         super().__init__(encoder, head, augmenter, **kwargs)
         self.temperature = temperature
 

@@ -1,0 +1,89 @@
+"""Rules on single values, each written once.
+
+A constructor checks its arguments with `check(name, value)`, which raises a Keras-style
+`ValueError("temperature must be > 0. Received: temperature=0")`; `TrainConfig.validate`
+applies the same `RULES` to the CLI settings and raises a one-line `UserError` naming the
+option instead. No TensorFlow import: the CLI validates before TensorFlow loads.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A predicate on one value and the words saying what it accepts."""
+
+    test: Callable[[Any], bool]
+    accepted: str
+
+    def holds(self, value: Any) -> bool:
+        try:
+            return bool(self.test(value))
+        except TypeError:  # e.g. a string where a number is expected
+            return False
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def integer_at_least(low: int) -> Rule:
+    return Rule(lambda v: _is_int(v) and v >= low, f"an integer >= {low}")
+
+
+POSITIVE = Rule(lambda v: v > 0, "> 0")
+NON_NEGATIVE = Rule(lambda v: v >= 0, ">= 0")
+UNIT_INTERVAL_OPEN = Rule(lambda v: 0 <= v < 1, "in [0, 1)")
+
+# Argument name → rule. Config fields use the same rules (see `TrainConfig.validate`).
+RULES: dict[str, Rule] = {
+    "temperature": POSITIVE,
+    "learning_rate": POSITIVE,
+    "weight_decay": NON_NEGATIVE,
+    "momentum": UNIT_INTERVAL_OPEN,
+    "queue_size": integer_at_least(1),
+    "bn_groups": integer_at_least(1),
+    "lambda_": NON_NEGATIVE,
+    "epsilon": NON_NEGATIVE,
+    "epochs": integer_at_least(1),
+    "batch_size": integer_at_least(2),
+    "projection_dim": integer_at_least(1),
+    "hidden_dim": integer_at_least(1),
+    "steps_per_epoch": integer_at_least(1),
+    "max_unlabeled": integer_at_least(2),
+    "image_size": integer_at_least(8),
+    "validation": UNIT_INTERVAL_OPEN,
+    "knn_every": integer_at_least(0),
+    "baseline_epochs": integer_at_least(1),
+}
+
+
+def check(name: str, value: Any, rule: Rule | None = None) -> Any:
+    """Returns `value` if `RULES[name]` (or `rule`) holds, else raises a Keras-style
+    `ValueError`."""
+    rule = rule or RULES[name]
+    if not rule.holds(value):
+        raise ValueError(f"{name} must be {rule.accepted}. Received: {name}={value!r}")
+    return value
+
+
+def parse_widths(text: str) -> tuple[int, ...]:
+    """`"1024,1024,1024"` → `(1024, 1024, 1024)`; `ValueError` unless every width is an
+    integer >= 1."""
+    parts = [part.strip() for part in str(text).split(",")]
+    if not parts or not all(part.isdigit() and int(part) >= 1 for part in parts):
+        raise ValueError(
+            "widths must be comma-separated integers >= 1 (e.g. 1024,1024,1024). "
+            f"Received: {text!r}"
+        )
+    return tuple(int(part) for part in parts)
+
+
+def parse_weights(value: str | None) -> str | None:
+    """The pretrained-weights setting: `None`/`"none"` → None, other names unchanged."""
+    return None if value is None or str(value).lower() == "none" else str(value)
