@@ -26,24 +26,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kerassl.run_dir import RunDir, open_run
+
 
 def run_once(method: str, seed: int, out: Path, train_args: list[str], baseline: bool) -> dict:
     run_dir = out / f"{method}-seed{seed}"
-    metrics_path = run_dir / "metrics.json"
     command = [
         "-m", "kerassl.train", method, "--seed", str(seed), "--quiet",
         "--out", str(out), "--run-name", run_dir.name, *train_args,
         *([] if baseline else ["--baseline", "none"]),
     ]  # fmt: skip
     record = out / f"{run_dir.name}.command.json"  # beside the run: the command that made it
-    done = metrics_path.exists() and record.exists() and json.loads(record.read_text()) == command
+    done = (
+        RunDir(run_dir).finished and record.exists() and json.loads(record.read_text()) == command
+    )
     if not done:
         if run_dir.exists():  # interrupted, or made by another command: start it again
             shutil.rmtree(run_dir)
         print("$ python", shlex.join(command), flush=True)
         subprocess.run([sys.executable, *command], check=True)
         record.write_text(json.dumps(command))
-    return json.loads(metrics_path.read_text())
+    return open_run(run_dir, finished=True).metrics
 
 
 def mean_std(values: list[float]) -> str:

@@ -14,42 +14,38 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import warnings
 from pathlib import Path
 
-import keras
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-import kerassl.models  # noqa: F401  (registers the encoders' custom layers)
-from kerassl.data.sources import load_dataset
-from kerassl.data.splits import Split
-from kerassl.evaluation.probes import C_GRID, _probe_pipeline, choose_c, extract_features
+from kerassl.evaluation.features import extract_features
+from kerassl.evaluation.probes import C_GRID, _probe_pipeline, choose_c
+from kerassl.run_dir import open_run
 
 
 def sweep(run_dir: Path, cache: dict) -> dict:
-    config = json.loads((run_dir / "config.json").read_text())
-    split = Split.from_json(json.loads((run_dir / "split.json").read_text()))
-    key = (config["dataset"], config["data_dir"], config["image_size"])
+    run = open_run(run_dir)
+    key = (run.dataset, run.config.get("data_dir"), run.image_size)
     if key not in cache:
-        cache[key] = load_dataset(*key, download=False)
+        cache[key] = run.load_data()
     data = cache[key]
-    encoder = keras.saving.load_model(run_dir / "encoder.keras", compile=False)
-    labeled = split.all_labeled  # what the run's probe trained on
+    encoder = run.load("encoder")
+    labeled = run.split().all_labeled  # what the run's probe trained on
     # float64, as `linear_probe` fits: the CV scores of close Cs can tie differently in float32.
     x = extract_features(encoder, data.x_train[labeled]).astype(np.float64)
     x_test = extract_features(encoder, data.x_test).astype(np.float64)
     y = data.y_train[labeled]
-    one_split = StratifiedKFold(5, shuffle=True, random_state=config["seed"])
+    one_split = StratifiedKFold(5, shuffle=True, random_state=run.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         single = [
             cross_val_score(_probe_pipeline(c, 1000), x, y, cv=one_split).mean() for c in C_GRID
         ]
-        repeated_c, _, folds, repeats = choose_c(x, y, seed=config["seed"])
+        repeated_c, _, folds, repeats = choose_c(x, y, seed=run.seed)
         test = [_probe_pipeline(c, 1000).fit(x, y).score(x_test, data.y_test) for c in C_GRID]
     print(f"\n{run_dir.name}: {len(y)} labels, {folds} folds x {repeats} repeats")
     print("C           " + "".join(f"{c:>8g}" for c in C_GRID))

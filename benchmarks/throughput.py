@@ -96,7 +96,7 @@ def build(method: str, encoder: str, image_shape, preset: str, jit: bool):
     """The model `kerassl train` builds (same head, optimizer and schedule), compiled."""
     keras.utils.set_random_seed(0)
     config = TrainConfig(method=method, encoder=encoder, augment=preset, jit_compile=jit)
-    return build_method(config, image_shape, preset, steps=1000)
+    return build_method(config, image_shape, preset, 1000, jit_compile=jit)
 
 
 def time_train_step(model, batch: tf.Tensor, steps: int) -> float:

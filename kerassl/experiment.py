@@ -1,18 +1,17 @@
-"""One training run end to end: data → split → augment → pretrain → evaluate → run dir.
+"""One training run end to end: resolve once → pretrain → evaluate → run directory.
 
-This is the layer the CLIs (`kerassl.train`, `kerassl.tune`) call; it turns a
-`TrainConfig` into explicit constructor calls. It is the only library module that knows
-method names.
+This is the layer the CLIs (`kerassl.train`, `kerassl.tune`) call. `prepare` validates a
+`TrainConfig`, loads the data and resolves everything a run derives from its settings into
+one `Plan` (split, unlabeled pool, augmentation preset, steps, replicas, XLA choice); the
+builders and `pretrain` take plain values from it. Method names come from the registry
+(`kerassl.methods`); the run directory's files are `kerassl.run_dir`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,149 +20,201 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kerassl import run_dir as files
 from kerassl.config import TrainConfig
-from kerassl.data.augment import make_augmenter, save_augmentation_grid
+from kerassl.data.augment import make_augmenter
 from kerassl.data.pipeline import labeled_dataset, pretrain_dataset
-from kerassl.data.sources import ImageData, load_dataset
+from kerassl.data.presets import label_flip
+from kerassl.data.preview import save_augmentation_grid
+from kerassl.data.registry import ImageData, load_dataset
 from kerassl.data.splits import Split, label_split, parse_labels
 from kerassl.distribute import describe, is_chief, make_strategy
 from kerassl.errors import UserError
+from kerassl.evaluation.features import extract_features
 from kerassl.evaluation.knn import KNNMonitor
-from kerassl.evaluation.probes import extract_features, linear_probe
-from kerassl.models.barlow_twins import BarlowTwins, build_projector
+from kerassl.evaluation.probes import linear_probe
+from kerassl.methods import MethodSpec, get_method
 from kerassl.models.encoders import build_encoder
 from kerassl.models.heads import build_head
-from kerassl.models.moco import MoCo
-from kerassl.models.simclr import SimCLR
 from kerassl.optimizers import WarmupCosine, make_optimizer
+from kerassl.run_dir import RunDir
 
 PROBE_BATCH = 64  # labeled images per step for the online probe (fewer when fewer exist)
 
 
-def _simclr(config: TrainConfig, encoder, head, augmenter, **common) -> SimCLR:
-    return SimCLR(encoder, head, augmenter, temperature=config.temperature, name="simclr", **common)
+@dataclass(frozen=True)
+class Plan:
+    """A run resolved once: the data and every value derived from the settings.
 
+    Attributes:
+        config: the validated settings.
+        data: the dataset (uint8 arrays; the test split is only read by `evaluate`).
+        split: the labeled / validation indices into `data.x_train`.
+        pool: uint8 images used for pretraining (never test images).
+        method: the method's registry entry.
+        preset: the resolved augmentation preset (`--augment`, else the dataset's).
+        label_flip: whether horizontal flips preserve labels under `preset` (the
+            supervised baseline augments its labeled images with them).
+        steps_per_epoch: pretraining steps per epoch.
+        replicas: replicas of the strategy the run trains under.
+        jit_compile: whether the whole train step is XLA-compiled.
+    """
 
-def _moco(config: TrainConfig, encoder, head, augmenter, **common) -> MoCo:
-    return MoCo(
-        encoder,
-        head,
-        augmenter,
-        temperature=config.temperature,
-        momentum=config.momentum,
-        queue_size=config.queue_size,
-        symmetric=config.symmetric,
-        bn_groups=config.bn_groups,
-        seed=config.seed,
-        name="moco",
-        **common,
-    )
-
-
-def _barlow_twins(config: TrainConfig, encoder, head, augmenter, **common) -> BarlowTwins:
-    # The paper's projector (--projector-dims) takes the place of the --head options.
-    projector = build_projector(
-        encoder.output_shape[-1],
-        [int(width) for width in config.projector_dims.split(",")],
-        sync_bn=tf.distribute.get_strategy().num_replicas_in_sync > 1,
-    )
-    return BarlowTwins(
-        encoder, projector, augmenter, lambda_=config.bt_lambda, name="barlow_twins", **common
-    )
-
-
-# Method name → builder(config, encoder, head, augmenter, **SSLModel arguments) -> SSLModel.
-METHODS = {"simclr": _simclr, "moco": _moco, "barlow_twins": _barlow_twins}
-
-
-@dataclass
-class Prepared:
-    """What a run needs before training: the data, its split and the unlabeled pool."""
-
+    config: TrainConfig
     data: ImageData
     split: Split
-    pool: np.ndarray  # uint8 images used for pretraining (never test images)
+    pool: np.ndarray
+    method: MethodSpec
+    preset: str
+    label_flip: bool
+    steps_per_epoch: int
+    replicas: int
+    jit_compile: bool
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+    @property
+    def sync_bn(self) -> bool:
+        """Synchronised BatchNorm: statistics of the global batch under several replicas."""
+        return self.replicas > 1
+
+    def with_config(self, config: TrainConfig) -> Plan:
+        """The same data, split and pool resolved for other settings (a tuner trial)."""
+        return resolve(config, self.data, self.split, self.pool, self.replicas)
 
 
-def prepare(config: TrainConfig) -> Prepared:
-    """Validates the config and loads data; every user error surfaces here, before any
-    file is written."""
-    config.validate()
-    if config.method not in METHODS:
-        raise UserError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
-    data = load_dataset(config.dataset, config.data_dir, config.image_size, config.download)
-    split = label_split(data.y_train, parse_labels(config.labels), config.seed, config.validation)
-    pool = data.x_train
-    if config.max_unlabeled and config.max_unlabeled < len(pool):
-        rng = np.random.default_rng(config.seed)
-        pool = pool[np.sort(rng.choice(len(pool), config.max_unlabeled, replace=False))]
-    if config.batch_size > len(pool):
-        raise UserError(
-            f"--batch-size {config.batch_size} is larger than the {len(pool)} unlabeled images "
-            f"of {config.dataset}; use at most {len(pool)}"
-        )
-    return Prepared(data, split, pool)
+def unlabeled_pool(x_train: np.ndarray, max_unlabeled: int | None, seed: int) -> np.ndarray:
+    """The pretraining images: all of `x_train`, or a seeded subsample of `max_unlabeled`."""
+    if not max_unlabeled or max_unlabeled >= len(x_train):
+        return x_train
+    rng = np.random.default_rng(seed)
+    return x_train[np.sort(rng.choice(len(x_train), max_unlabeled, replace=False))]
 
 
-def build_method(
-    config: TrainConfig, input_shape, augment_preset: str, steps: int, num_classes: int = 0
-):
-    """Builds and compiles the SSL model in the current strategy scope (with an online
-    probe over `num_classes` classes when `config.online_probe`)."""
-    sync_bn = tf.distribute.get_strategy().num_replicas_in_sync > 1
-    encoder = build_encoder(config.encoder, input_shape, weights=config.weights, sync_bn=sync_bn)
-    head = build_head(
-        config.head,
-        encoder.output_shape[-1],
-        output_dim=config.projection_dim,
-        hidden_dim=config.hidden_dim,
-        sync_bn=sync_bn,
-    )
-    augmenter = make_augmenter(augment_preset, seed=config.seed)
-    probe_classes = num_classes if config.online_probe else 0
-    model = METHODS[config.method](config, encoder, head, augmenter, probe_classes=probe_classes)
-    warmup = int(round(config.warmup_epochs / config.epochs * steps))
-    schedule = WarmupCosine(config.learning_rate, total_steps=steps, warmup_steps=warmup)
-    optimizer = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay)
-    model.compile(optimizer=optimizer, jit_compile=step_jit_compile(config.jit_compile))
-    return model
-
-
-def step_jit_compile(setting: bool | str) -> bool:
+def step_jit_compile(setting: bool | str, replicas: int = 1) -> bool:
     """Whether to XLA-compile the whole train step. "auto": only on a GPU (on this project's
     2-core CPU machine XLA made the SimCLR step 1.35x slower). Never across replicas: XLA
     does not compile cross-replica collectives on CPU devices."""
-    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+    if replicas > 1:
         return False
     if setting == "auto":
         return bool(tf.config.list_logical_devices("GPU"))
     return bool(setting)
 
 
-def pretrain(
+def resolve(
+    config: TrainConfig, data: ImageData, split: Split, pool: np.ndarray, replicas: int = 1
+) -> Plan:
+    """Derives the plan's values from validated settings and loaded data."""
+    if config.batch_size > len(pool):
+        raise UserError(
+            f"--batch-size {config.batch_size} is larger than the {len(pool)} unlabeled images "
+            f"of {config.dataset}; use at most {len(pool)}"
+        )
+    per_epoch = len(pool) // config.batch_size
+    preset = config.augment or data.preset
+    return Plan(
+        config=config,
+        data=data,
+        split=split,
+        pool=pool,
+        method=get_method(config.method),
+        preset=preset,
+        label_flip=label_flip(preset),
+        steps_per_epoch=min(config.steps_per_epoch or per_epoch, per_epoch),
+        replicas=replicas,
+        jit_compile=step_jit_compile(config.jit_compile, replicas),
+    )
+
+
+def prepare(config: TrainConfig, replicas: int = 1) -> Plan:
+    """Validates the config, loads the data and resolves the run; every user error
+    surfaces here, before any file is written."""
+    config.validate()
+    data = load_dataset(config.dataset, config.data_dir, config.image_size, config.download)
+    split = label_split(data.y_train, parse_labels(config.labels), config.seed, config.validation)
+    pool = unlabeled_pool(data.x_train, config.max_unlabeled, config.seed)
+    return resolve(config, data, split, pool, replicas)
+
+
+def build_method(
     config: TrainConfig,
-    prepared: Prepared,
-    run_dir: Path | None = None,
+    input_shape,
+    preset: str,
+    total_steps: int,
+    num_classes: int = 0,
+    sync_bn: bool = False,
+    jit_compile: bool = False,
+):
+    """Builds and compiles the configured SSL method in the current strategy scope.
+
+    Args:
+        config: the settings (method, encoder, head, optimiser, the method's own).
+        input_shape: (height, width, channels) of the images.
+        preset: augmentation preset.
+        total_steps: pretraining steps (the learning-rate schedule's length).
+        num_classes: classes of the online probe when `config.online_probe`.
+        sync_bn: synchronised BatchNorm (several replicas).
+        jit_compile: XLA-compile the whole train step.
+    """
+    spec = get_method(config.method)
+    encoder = build_encoder(config.encoder, input_shape, weights=config.weights, sync_bn=sync_bn)
+    build_projector = spec.load_projector()
+    if build_projector is not None:
+        # The method's own projector (--projector-dims) takes the place of the --head options.
+        head = build_projector(encoder.output_shape[-1], config.projector_widths, sync_bn=sync_bn)
+    else:
+        head = build_head(
+            config.head,
+            encoder.output_shape[-1],
+            output_dim=config.projection_dim,
+            hidden_dim=config.hidden_dim,
+            sync_bn=sync_bn,
+        )
+    arguments = {argument: getattr(config, name) for name, argument in spec.arguments.items()}
+    model = spec.load()(
+        encoder,
+        head,
+        make_augmenter(preset, seed=config.seed),
+        probe_classes=num_classes if config.online_probe else 0,
+        name=spec.name,
+        **arguments,
+    )
+    warmup = int(round(config.warmup_epochs / config.epochs * total_steps))
+    schedule = WarmupCosine(config.learning_rate, total_steps=total_steps, warmup_steps=warmup)
+    optimizer = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay)
+    model.compile(optimizer=optimizer, jit_compile=jit_compile)
+    return model
+
+
+def pretrain(
+    plan: Plan,
+    run_dir: RunDir | None = None,
     verbose="auto",
     strategy: tf.distribute.Strategy | None = None,
 ):
-    """Pretrains the configured method on the unlabeled pool; returns the SSL model.
+    """Pretrains the planned method on the unlabeled pool; returns the SSL model.
 
-    `strategy` defaults to `make_strategy(config.strategy)`; a multi-worker strategy must
-    have been made before any TensorFlow op ran (`run` makes it first).
+    `strategy` defaults to the current one; a multi-worker strategy must have been made
+    before any TensorFlow op ran (`run` makes it first), and `plan.replicas` must be its
+    replica count.
     """
+    config, data, split = plan.config, plan.data, plan.split
     keras.utils.set_random_seed(config.seed)
-    data, split = prepared.data, prepared.split
-    if strategy is None:
-        strategy = make_strategy(config.strategy)
-    per_epoch = len(prepared.pool) // config.batch_size
-    steps_per_epoch = min(config.steps_per_epoch or per_epoch, per_epoch)
-    preset = config.augment or data.preset
+    strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         model = build_method(
-            config, data.image_shape, preset, steps_per_epoch * config.epochs, data.num_classes
+            config,
+            data.image_shape,
+            plan.preset,
+            plan.total_steps,
+            num_classes=data.num_classes,
+            sync_bn=plan.sync_bn,
+            jit_compile=plan.jit_compile,
         )
-    dataset = pretrain_dataset(prepared.pool, config.batch_size, seed=config.seed)
+    dataset = pretrain_dataset(plan.pool, config.batch_size, seed=config.seed)
     if config.online_probe:
         # Each step also gets a batch of the labeled training examples (never validation
         # or test images) for the online probe; `(images, (labeled_images, labels))`.
@@ -195,17 +246,16 @@ def pretrain(
     if run_dir is not None:
         # The chief's only, also under several workers: Keras 3's BackupAndRestore (unlike
         # tf.keras 2's, which other workers had to run too, into temporary directories),
-        # CSVLogger and TensorBoard read local values and run no collective op. Resuming is
-        # not an issue: a run directory is always new, so there is never a backup to restore.
+        # CSVLogger and TensorBoard read local values and run no collective op.
         callbacks += [
-            keras.callbacks.BackupAndRestore(str(run_dir / "checkpoints")),
-            keras.callbacks.CSVLogger(str(run_dir / "history.csv")),
-            keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
+            keras.callbacks.BackupAndRestore(str(run_dir / files.CHECKPOINTS)),
+            keras.callbacks.CSVLogger(str(run_dir / files.HISTORY)),
+            keras.callbacks.TensorBoard(str(run_dir / files.LOGS), write_graph=False),
         ]
     model.fit(
         dataset.repeat(),
         epochs=config.epochs,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=plan.steps_per_epoch,
         callbacks=callbacks,
         verbose=verbose,
         shuffle=False,  # the dataset shuffles itself, seeded
@@ -213,12 +263,10 @@ def pretrain(
     return model
 
 
-def evaluate(
-    config: TrainConfig, prepared: Prepared, encoder: keras.Model
-) -> tuple[dict, keras.Model]:
+def evaluate(plan: Plan, encoder: keras.Model) -> tuple[dict, keras.Model]:
     """Linear probe of the frozen encoder on all the labels of the split, scored once on
     the whole test split. Returns metrics and the classifier (encoder + probe)."""
-    data, split = prepared.data, prepared.split
+    data, split = plan.data, plan.split
     labeled = split.all_labeled
     train_features = extract_features(encoder, data.x_train[labeled])
     test_features = extract_features(encoder, data.x_test)
@@ -228,37 +276,16 @@ def evaluate(
         test_features,
         data.y_test,
         num_classes=data.num_classes,
-        seed=config.seed,
+        seed=plan.config.seed,
     )
     inputs = keras.Input(data.image_shape, name="images")
     classifier = keras.Model(inputs, dense(encoder(inputs, training=False)), name="classifier")
     return {"linear_probe": dataclasses.asdict(result)}, classifier
 
 
-def new_run_dir(config: TrainConfig) -> Path:
-    """Creates `<out>/<method>-<dataset>-<timestamp>/`; UserError when not writable."""
-    dataset = config.dataset.replace(":", "-").replace("/", "_").strip("_-")[-40:]
-    name = config.run_name or f"{config.method}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path = Path(config.out) / name
-    try:
-        path.mkdir(parents=True, exist_ok=False)
-    except FileExistsError:
-        raise UserError(f"run directory {path} already exists; choose another --run-name") from None
-    except OSError as error:
-        raise UserError(
-            f"cannot create run directory under {config.out}: {error.strerror}"
-        ) from None
-    return path
-
-
-def _write_json(path: Path, values) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(values, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def run(config: TrainConfig, verbose="auto") -> tuple[Path, dict]:
-    """The whole `kerassl train` job. Returns the run dir and the metrics.
+def run(config: TrainConfig, verbose="auto") -> tuple[Path | None, dict]:
+    """The whole `kerassl train` job. Returns the run dir (None on a non-chief worker) and
+    the metrics.
 
     A user error raised after the run dir was created removes it; metrics.json is
     written last, so an interrupted run never looks finished.
@@ -266,65 +293,69 @@ def run(config: TrainConfig, verbose="auto") -> tuple[Path, dict]:
     # The strategy first: a multi-worker strategy can only be made before TensorFlow runs
     # an op, and loading data runs some.
     strategy = make_strategy(config.strategy)
-    prepared = prepare(config)
-    data = prepared.data
-    chief = is_chief()
-    run_dir = new_run_dir(config) if chief else None
+    plan = prepare(config, replicas=strategy.num_replicas_in_sync)
+    data = plan.data
+    run_dir = None
+    if is_chief():
+        name = config.run_name or files.default_run_name(config.method, config.dataset)
+        run_dir = RunDir.create(config.out, name)
     try:
         started = time.time()
         if run_dir is not None:
-            _write_run_header(run_dir, config, prepared, strategy)
-        model = pretrain(config, prepared, run_dir, verbose=verbose, strategy=strategy)
+            _write_run_header(run_dir, plan, strategy)
+        model = pretrain(plan, run_dir, verbose=verbose, strategy=strategy)
         pretrain_seconds = time.time() - started
-        metrics, classifier = evaluate(config, prepared, model.encoder)
+        if run_dir is not None:
+            # Views from the model's own augmenter, drawn after training so that drawing
+            # them does not move its random stream.
+            save_augmentation_grid(
+                model.augmenter, plan.pool[:8], str(run_dir / files.AUGMENTATIONS)
+            )
+        metrics, classifier = evaluate(plan, model.encoder)
         metrics["pretrain_seconds"] = round(pretrain_seconds, 1)
         metrics["pretrain_images_per_second"] = round(
-            config.epochs
-            * (model.history.params.get("steps") or 0)
-            * config.batch_size
-            / pretrain_seconds,
-            1,
+            plan.total_steps * config.batch_size / pretrain_seconds, 1
         )
+        baseline = None
         if config.baseline != "none":
-            from kerassl.models.supervised import supervised_baseline
+            from kerassl.supervised import supervised_baseline
 
             metrics["baseline"], baseline = supervised_baseline(
                 data,
-                prepared.split,
+                plan.split,
                 model=config.baseline,
                 epochs=config.baseline_epochs,
+                flip=plan.label_flip,
                 seed=config.seed,
             )
         metrics["dataset"] = {
             "name": data.name,
             "num_classes": data.num_classes,
-            "num_unlabeled": int(len(prepared.pool)),
-            "num_labeled": len(prepared.split.all_labeled),
+            "num_unlabeled": int(len(plan.pool)),
+            "num_labeled": len(plan.split.all_labeled),
             "num_test": int(len(data.x_test)),
         }
         if run_dir is not None:
-            model.encoder.save(run_dir / "encoder.keras")
-            classifier.save(run_dir / "classifier.keras")
-            if config.baseline != "none":
-                baseline.save(run_dir / "baseline.keras")
-            (run_dir / "report.md").write_text(report(config, metrics))
-            _write_json(run_dir / "metrics.json", metrics)
-        return run_dir, metrics
+            run_dir.save_model(files.ENCODER, model.encoder)
+            run_dir.save_model(files.CLASSIFIER, classifier)
+            if baseline is not None:
+                run_dir.save_model(files.BASELINE, baseline)
+            run_dir.write_text(files.REPORT, report(config, metrics))
+            run_dir.write_json(files.METRICS, metrics)
+        return (run_dir.path if run_dir is not None else None), metrics
     except UserError:
         if run_dir is not None:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.remove()
         raise
 
 
-def _write_run_header(
-    run_dir: Path, config: TrainConfig, prepared: Prepared, strategy: tf.distribute.Strategy
-) -> None:
-    data = prepared.data
+def _write_run_header(run_dir: RunDir, plan: Plan, strategy: tf.distribute.Strategy) -> None:
+    config, data = plan.config, plan.data
     resolved = config.to_json() | {
         "image_size": int(data.image_shape[0]),
         "channels": int(data.image_shape[-1]),
         "class_names": list(data.class_names),
-        "augment": config.augment or data.preset,
+        "augment": plan.preset,
         "source": data.source,
         "distribution": describe(strategy),  # what --strategy resolved to
         "versions": {
@@ -334,10 +365,8 @@ def _write_run_header(
             "python": platform.python_version(),
         },
     }
-    _write_json(run_dir / "config.json", resolved)
-    _write_json(run_dir / "split.json", prepared.split.to_json(data.y_train, data.class_names))
-    augmenter = make_augmenter(config.augment or data.preset, seed=config.seed)
-    save_augmentation_grid(augmenter, prepared.pool[:8], str(run_dir / "augmentations.png"))
+    run_dir.write_json(files.CONFIG, resolved)
+    run_dir.write_json(files.SPLIT, plan.split.to_json(data.y_train, data.class_names))
 
 
 def report(config: TrainConfig, metrics: dict) -> str:

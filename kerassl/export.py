@@ -73,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("RUN_DIR is required (or use --verify EXPORT_DIR)")
     if not args.name:
         raise UserError("--name is required: the model name served at /v1/models/<name>")
-    from kerassl.serving.export import check_model_name, export_run, read_run_dir
+    from kerassl.run_dir import open_run
+    from kerassl.serving.export import check_model_name, export_run
 
     check_model_name(args.name)
-    read_run_dir(args.run_dir, args.model)  # fail on a bad run dir before loading models
+    open_run(args.run_dir, finished=True).require(args.model)  # fail before loading models
     path = export_run(
         args.run_dir,
         args.name,

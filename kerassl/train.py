@@ -5,10 +5,14 @@ from __future__ import annotations
 import sys
 
 from kerassl.config import TrainConfig
-from kerassl.data.sources import DATASET_HELP
+from kerassl.data.presets import PRESETS
+from kerassl.data.registry import DATASET_FORMS
 from kerassl.errors import ArgumentParser, cli_entry
+from kerassl.methods import METHODS
 
-METHOD_NAMES = ("simclr", "moco", "barlow_twins")
+DATASET_HELP = "dataset to load: " + "; ".join(
+    f"{form} ({what})" for form, what in DATASET_FORMS.items()
+)
 
 
 def build_parser() -> ArgumentParser:
@@ -22,7 +26,7 @@ def build_parser() -> ArgumentParser:
         "method",
         nargs="?",
         default=d.method,
-        help=f"SSL method: {', '.join(METHOD_NAMES)} (default {d.method})",
+        help=f"SSL method: {', '.join(METHODS)} (default {d.method})",
     )
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=d.dataset, help=DATASET_HELP)
@@ -55,8 +59,7 @@ def build_parser() -> ArgumentParser:
     )
     g.add_argument(
         "--augment",
-        help="augmentation preset: digits, fashion, natural, histology, none "
-        "(default: chosen from the dataset)",
+        help=f"augmentation preset: {', '.join(PRESETS)} (default: chosen from the dataset)",
     )
     g = p.add_argument_group("model")
     g.add_argument(
@@ -231,14 +234,10 @@ def main(argv=None) -> int:
 
         split_cpu(args.cpu_devices)
     options = {k: v for k, v in vars(args).items() if k not in ("offline", "cpu_devices", "quiet")}
-    weights = options.pop("weights")
     options["jit_compile"] = {"on": True, "off": False}.get(options["jit_compile"], "auto")
-    config = TrainConfig(
-        **options,
-        download=not args.offline,
-        weights=None if weights in (None, "none") else weights,
-    )
-    from kerassl import experiment  # heavy imports (TensorFlow) after argument parsing
+    config = TrainConfig(**options, download=not args.offline)
+    config.validate()  # usage errors before TensorFlow loads
+    from kerassl import experiment  # heavy imports (TensorFlow) after validation
 
     run_dir, metrics = experiment.run(config, verbose=0 if args.quiet else "auto")
     print(summary(config, metrics, run_dir))

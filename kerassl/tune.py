@@ -22,11 +22,12 @@ import os
 import sys
 from typing import Any
 
-import numpy as np
-
-from kerassl.data.sources import DATASET_HELP, load_dataset
+from kerassl.checks import parse_weights
+from kerassl.data.presets import label_flip
+from kerassl.data.registry import load_dataset
 from kerassl.data.splits import label_split, parse_labels
 from kerassl.errors import UserError, cli_entry
+from kerassl.train import DATASET_HELP
 from kerassl.tuning.config import MODELS, TUNERS, SearchConfig, ssl_base_config
 
 # TensorFlow, Keras and KerasTuner load only once the search definition is valid, so that
@@ -83,7 +84,7 @@ def resolve_config(args: argparse.Namespace) -> SearchConfig:
 
 
 def _classifier_search(config: SearchConfig, data, split, overwrite: bool) -> tuple[Any, dict]:
-    from kerassl.models.supervised import evaluate_classifier
+    from kerassl.supervised import evaluate_classifier
     from kerassl.tuning import search
     from kerassl.tuning.hypermodels import make_hypermodel
 
@@ -92,10 +93,10 @@ def _classifier_search(config: SearchConfig, data, split, overwrite: bool) -> tu
         data.x_train.shape[1:],
         len(data.class_names),
         space=config.space,
-        weights=None if config.weights == "none" else config.weights,
+        weights=parse_weights(config.weights),
         epochs=config.epochs,
         patience=config.patience,
-        flip=data.preset != "digits",
+        flip=label_flip(data.preset),
         seed=config.seed,
     )
     result = search.run_search(
@@ -105,20 +106,18 @@ def _classifier_search(config: SearchConfig, data, split, overwrite: bool) -> tu
 
 
 def _ssl_search(config: SearchConfig, data, split, overwrite: bool) -> tuple[Any, dict]:
-    from kerassl.experiment import Prepared, evaluate
+    from kerassl.experiment import evaluate, resolve, unlabeled_pool
     from kerassl.tuning import search
     from kerassl.tuning.hypermodels import SimCLRHyperModel
 
     base = ssl_base_config(config)
-    pool = data.x_train
-    if base.max_unlabeled and base.max_unlabeled < len(pool):
-        rng = np.random.default_rng(base.seed)
-        pool = pool[np.sort(rng.choice(len(pool), base.max_unlabeled, replace=False))]
+    pool = unlabeled_pool(data.x_train, base.max_unlabeled, base.seed)
     hypermodel = SimCLRHyperModel(base, space=config.space)
-    prepared = Prepared(search.without_test(data), split, pool)
-    result = search.run_ssl_search(config, hypermodel, prepared, overwrite=overwrite)
+    # The trials see a plan whose data holds no test images.
+    plan = resolve(base, search.without_test(data), split, pool)
+    result = search.run_ssl_search(config, hypermodel, plan, overwrite=overwrite)
     best_config = dataclasses.replace(base, **result.best_hyperparameters)
-    metrics, _ = evaluate(best_config, Prepared(data, split, pool), result.best_model)
+    metrics, _ = evaluate(resolve(best_config, data, split, pool), result.best_model)
     probe = metrics["linear_probe"]
     return result, {"top1": probe["top1"], **({"top5": probe["top5"]} if probe["top5"] else {})}
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kerassl.config import TrainConfig
-from kerassl.models import supervised
+from kerassl.models import classifiers
 from kerassl.tuning.hypermodels import (
     CNNHyperModel,
     MLPHyperModel,
@@ -169,11 +169,11 @@ def test_transfer_hypermodel_frozen_base_then_fine_tunes_top_block():
 
 
 def test_unfreeze_top_blocks_of_inceptionv3():
-    model = supervised.build_classifier("inceptionv3", (16, 16, 1), 3, weights=None)
+    model = classifiers.build_classifier("inceptionv3", (16, 16, 1), 3, weights=None)
     assert model.get_layer("inceptionv3").output_shape == (None, 2048)
     head = len(model.trainable_weights)
-    assert supervised.unfreeze_top_blocks(model, 0) == 0 and len(model.trainable_weights) == head
-    count = supervised.unfreeze_top_blocks(model, 1)
+    assert classifiers.unfreeze_top_blocks(model, 0) == 0 and len(model.trainable_weights) == head
+    count = classifiers.unfreeze_top_blocks(model, 1)
     base = model.get_layer("inceptionv3").get_layer("inception_v3")
     names = [layer.name for layer in base.layers]
     after = set(names[names.index("mixed9") + 1 :])
@@ -183,7 +183,7 @@ def test_unfreeze_top_blocks_of_inceptionv3():
         not isinstance(base.get_layer(n), keras.layers.BatchNormalization) for n in trainable
     )
     with pytest.raises(ValueError, match="fine_tune_blocks must be <= 10"):
-        supervised.unfreeze_top_blocks(model, 11)
+        classifiers.unfreeze_top_blocks(model, 11)
 
 
 # --------------------------------------------------------------------------- SimCLR

@@ -12,9 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kerassl import tune
-from kerassl.data.sources import load_dataset
-from kerassl.models import supervised
+from kerassl import supervised, tune
+from kerassl.data.registry import load_dataset
 from kerassl.tuning.search import SearchConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from kerassl.errors import UserError
+from kerassl.run_dir import MODEL_FILES, open_run
 from kerassl.serving import export as export_lib
 
 # signature → (input name → dtype, output name → dtype)
@@ -79,7 +80,7 @@ class VerifyReport:
 
     def summary(self) -> str:
         lines = [
-            f"verify {self.export_dir} against {self.run_dir / export_lib.MODEL_FILES[self.model]}"
+            f"verify {self.export_dir} against {self.run_dir / MODEL_FILES[self.model]}"
             f" on {self.num_images} images "
             "(loaded in a fresh process without kerassl)"
         ]
@@ -141,7 +142,7 @@ def _check_signatures(found: dict) -> list[str]:
 def _keras_reference(
     run_dir: Path, images: np.ndarray, top_k: int, class_names, model: str = "classifier"
 ) -> dict:
-    classifier, encoder = export_lib.load_run_models(run_dir, model)
+    classifier, encoder = export_lib.load_models(open_run(run_dir), model)
     x = images.astype(np.float32) / np.float32(255.0)
     probabilities = np.asarray(classifier(x, training=False), dtype=np.float32)
     embedder = encoder if encoder is not None else export_lib._embedding_model(classifier, None)
@@ -191,12 +192,13 @@ def verify_export(
             raise UserError(f"{export_dir} records no run directory; pass --run-dir")
         run_dir = metadata["run_dir"]
     model = metadata.get("model", "classifier")
-    if model not in export_lib.MODEL_FILES:
+    if model not in MODEL_FILES:
         raise UserError(f"{export_dir} records an unknown model {model!r}")
-    info = export_lib.read_run_dir(run_dir, model)
-    top_k = int(metadata.get("top_k", min(5, len(info.class_names))))
-    report = VerifyReport(export_dir, info.run_dir, num_images, tolerance, model)
-    images = sample_images(info.image_size, info.channels, num_images)
+    run = open_run(run_dir, finished=True)
+    run.require(model)
+    top_k = int(metadata.get("top_k", min(5, len(run.class_names))))
+    report = VerifyReport(export_dir, run.path, num_images, tolerance, model)
+    images = sample_images(run.image_size, run.channels, num_images)
 
     with tempfile.TemporaryDirectory(prefix="kerassl-verify-") as scratch:
         scratch = Path(scratch)
@@ -227,7 +229,7 @@ def verify_export(
         with np.load(output_path) as data:
             exported = {key: data[key] for key in data.files}
 
-    reference = _keras_reference(info.run_dir, images, top_k, info.class_names, model)
+    reference = _keras_reference(run.path, images, top_k, run.class_names, model)
     for key, expected in reference.items():
         if key not in exported:
             continue  # a missing signature is already a problem

@@ -3,19 +3,20 @@
 `make_run_dir` builds a tiny convolutional encoder and a softmax head in plain Keras (no
 kerassl layers, so it does not depend on training code), gives every weight — including
 BatchNormalization's moving statistics — seeded non-trivial values, and saves the files of
-the run directory contract (ARCHITECTURE.md): `config.json`, `encoder.keras`,
-`classifier.keras`, `metrics.json`, and with `baseline=True` a differently shaped
-supervised `baseline.keras`.
+the run directory contract through its owner `kerassl.run_dir.RunDir`: `config.json`,
+`encoder.keras`, `classifier.keras`, `metrics.json`, and with `baseline=True` a differently
+shaped supervised `baseline.keras`.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from kerassl.data.sources import FASHION_MNIST_CLASSES
+from kerassl import run_dir as files
+from kerassl.data.registry import FASHION_MNIST_CLASSES
+from kerassl.run_dir import RunDir
 
 
 def build_fake_models(image_size: int = 16, channels: int = 1, num_classes: int = 3, seed: int = 0):
@@ -155,8 +156,8 @@ def make_run_dir(
     """
     import keras
 
-    run_dir = Path(path)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = RunDir(path)
+    run_dir.path.mkdir(parents=True, exist_ok=True)
     if class_names is None:
         class_names = [
             FASHION_MNIST_CLASSES[i] if i < len(FASHION_MNIST_CLASSES) else f"class_{i}"
@@ -178,13 +179,13 @@ def make_run_dir(
         "baseline": "cnn_deep" if baseline else "none",
         "versions": {"keras": keras.__version__},
     }
-    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
-    encoder.save(run_dir / "encoder.keras")
-    classifier.save(run_dir / "classifier.keras")
+    run_dir.write_json(files.CONFIG, config)
+    run_dir.save_model(files.ENCODER, encoder)
+    run_dir.save_model(files.CLASSIFIER, classifier)
     baseline_model = None
     if baseline:
         baseline_model = build_fake_baseline(image_size, channels, num_classes, seed)
-        baseline_model.save(run_dir / "baseline.keras")
+        run_dir.save_model(files.BASELINE, baseline_model)
 
     # metrics.json is written last, as `kerassl train` does; its numbers are the untrained
     # network's real accuracy on seeded random images with random labels.
@@ -205,8 +206,8 @@ def make_run_dir(
             "epochs_run": 0,
             "num_labeled": 0,
         }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return run_dir
+    run_dir.write_json(files.METRICS, metrics)
+    return run_dir.path
 
 
 def make_export_dir(path: str | Path, image_size: int = 16, num_classes: int = 10) -> Path:

@@ -13,11 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kerassl.checks import parse_weights
 from kerassl.errors import UserError
+from kerassl.methods import TUNABLE_METHODS
 from kerassl.tuning.spaces import DEFAULT_SPACES, SIMCLR_SPACE, parse_space
 
 TUNERS = ("random", "bayesian", "hyperband")
-MODELS = ("cnn", "mlp", "resnet50", "inceptionv3", "simclr")
+# Supervised baselines with a HyperModel, then the SSL methods the registry marks tunable.
+SUPERVISED_MODELS = ("cnn", "mlp", "resnet50", "inceptionv3")
+MODELS = SUPERVISED_MODELS + TUNABLE_METHODS
 # Settings that change what a trial means: resuming with other values is refused.
 _IDENTITY = (
     "model",
@@ -40,7 +44,7 @@ class SearchConfig:
 
     Attributes:
         model: `cnn`, `mlp`, `resnet50`, `inceptionv3` or `simclr`.
-        dataset: dataset name for `kerassl.data.sources.load_dataset`.
+        dataset: dataset name for `kerassl.data.registry.load_dataset`.
         data_dir: local data folder (IDX files, TFDS data_dir).
         image_size: square size images are resized to (None: native).
         labels: label budget, a total count ("100") or a per-class fraction ("0.1").
@@ -89,8 +93,8 @@ class SearchConfig:
         values = dict(values)
         if values.get("labels") is not None:
             values["labels"] = str(values["labels"])
-        if values.get("weights") is None and "weights" in values:
-            values["weights"] = "none"
+        if "weights" in values:
+            values["weights"] = parse_weights(values["weights"]) or "none"
         return cls(**values)
 
     @classmethod

@@ -1,10 +1,11 @@
 """KerasTuner HyperModels of the supervised baselines and of SimCLR pretraining.
 
 Each HyperModel maps `hp` onto the ordinary constructor arguments of
-`kerassl.models.supervised.build_classifier` (or of a `TrainConfig` for SimCLR); nothing
-is built here that the untuned code path does not build too. A HyperModel's `space`
-argument (name → range, list of choices or value; see `kerassl.tuning.spaces`) overrides
-entries of its `DEFAULT_SPACE`.
+`kerassl.models.classifiers.build_classifier` (or of a `TrainConfig` for SimCLR) and
+trains through the untuned code path (`kerassl.supervised.train_classifier`,
+`kerassl.experiment.pretrain`); nothing is built or trained here that a plain run does
+not build or train too. A HyperModel's `space` argument (name → range, list of choices or
+value; see `kerassl.tuning.spaces`) overrides entries of its `DEFAULT_SPACE`.
 
 Example:
     >>> hypermodel = CNNHyperModel((28, 28, 1), num_classes=10,
@@ -22,7 +23,9 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from kerassl.models import supervised
+from kerassl import supervised
+from kerassl.models.classifiers import TRANSFER, build_classifier
+from kerassl.tuning.config import SUPERVISED_MODELS
 from kerassl.tuning.spaces import (
     CNN_SPACE,
     MLP_SPACE,
@@ -48,7 +51,9 @@ class ClassifierHyperModel(kt.HyperModel):
         space: overrides of `DEFAULT_SPACE` (name → spec, see module docstring).
         epochs: maximum epochs of a trial (Hyperband sets its own budgets).
         patience: early-stopping patience in epochs.
-        flip: default of the `flip` hyperparameter (horizontal flips; natural images).
+        flip: value of the `flip` hyperparameter (horizontal flips in the label-set
+            augmentation) unless `space` tunes it. The caller decides it from the resolved
+            augmentation: flips preserve the labels of natural images, not of digits.
         seed: seed of initialisation, shuffling and augmentation in every trial.
     """
 
@@ -92,7 +97,7 @@ class ClassifierHyperModel(kt.HyperModel):
         name, kwargs = self.classifier_args(values)
         keras.utils.set_random_seed(self.seed)
         # Uncompiled: `fit` compiles with this trial's learning rate and weight decay.
-        return supervised.build_classifier(name, self.input_shape, self.num_classes, **kwargs)
+        return build_classifier(name, self.input_shape, self.num_classes, **kwargs)
 
     def fit(
         self,
@@ -192,12 +197,11 @@ class TransferHyperModel(ClassifierHyperModel):
     DEFAULT_SPACE = TRANSFER_SPACE
 
     def __init__(self, input_shape, num_classes, base: str = "inceptionv3", weights="auto", **kw):
-        if base not in supervised.TRANSFER:
-            raise ValueError(f"base must be one of {supervised.TRANSFER}. Received: base={base!r}")
+        if base not in TRANSFER:
+            raise ValueError(f"base must be one of {TRANSFER}. Received: base={base!r}")
         self.MODEL = base
         self.base = base
         self.weights = weights
-        kw.setdefault("flip", True)
         super().__init__(input_shape, num_classes, **kw)
 
     def classifier_args(self, values):
@@ -215,8 +219,8 @@ class SimCLRHyperModel(kt.HyperModel):
     validation split (the probe is trained on `split.labeled` features).
 
     `build(hp)` returns the trial's `TrainConfig` (not a model); `fit` pretrains with
-    `kerassl.experiment.pretrain` and probes. Use it with `kerassl.tuning.search`, whose
-    tuners run such trials.
+    `kerassl.experiment.pretrain` on the trial's `Plan` and probes. Use it with
+    `kerassl.tuning.search`, whose tuners run such trials.
 
     Args:
         base_config: the `TrainConfig` every trial starts from (dataset, encoder, epochs …).
@@ -239,19 +243,16 @@ class SimCLRHyperModel(kt.HyperModel):
         values["batch_size"] = int(values["batch_size"])
         return dataclasses.replace(self.base_config, method="simclr", **values)
 
-    def fit(self, hp, config, prepared, verbose: int = 0, **kwargs) -> dict[str, float]:
-        """Pretrains with `config` on `prepared` (an `experiment.Prepared` whose data holds
-        no test images), then returns `{"val_accuracy": probe accuracy}`."""
-        from kerassl.evaluation.probes import extract_features, linear_probe
+    def fit(self, hp, config, plan, verbose: int = 0, **kwargs) -> dict[str, float]:
+        """Pretrains with `config` on `plan` (an `experiment.Plan` whose data holds no test
+        images, re-resolved for the trial's settings), then returns
+        `{"val_accuracy": probe accuracy}`."""
+        from kerassl.evaluation.features import extract_features
+        from kerassl.evaluation.probes import linear_probe
         from kerassl.experiment import pretrain
 
-        data, split = prepared.data, prepared.split
-        if config.batch_size > len(prepared.pool):
-            raise ValueError(
-                f"batch_size must be <= {len(prepared.pool)} unlabeled images. "
-                f"Received: batch_size={config.batch_size}"
-            )
-        model = pretrain(config, prepared, verbose=verbose)
+        data, split = plan.data, plan.split
+        model = pretrain(plan.with_config(config), verbose=verbose)
         train_features = extract_features(model.encoder, data.x_train[split.labeled])
         val_features = extract_features(model.encoder, data.x_train[split.validation])
         result, _ = linear_probe(
@@ -259,7 +260,7 @@ class SimCLRHyperModel(kt.HyperModel):
             data.y_train[split.labeled],
             val_features,
             data.y_train[split.validation],
-            num_classes=len(data.class_names),
+            num_classes=data.num_classes,
             seed=config.seed,
         )
         self.last_model = model
@@ -279,11 +280,8 @@ def make_hypermodel(
         return CNNHyperModel(input_shape, num_classes, space=space, **kwargs)
     if model == "mlp":
         return MLPHyperModel(input_shape, num_classes, space=space, **kwargs)
-    if model in supervised.TRANSFER:
+    if model in TRANSFER:
         return TransferHyperModel(
             input_shape, num_classes, base=model, weights=weights, space=space, **kwargs
         )
     raise ValueError(f"model must be one of {SUPERVISED_MODELS}. Received: model={model!r}")
-
-
-SUPERVISED_MODELS = ("cnn", "mlp", "resnet50", "inceptionv3")

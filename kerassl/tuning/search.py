@@ -238,15 +238,16 @@ def run_search(
 def run_ssl_search(
     config: SearchConfig,
     hypermodel: hypermodels.SimCLRHyperModel,
-    prepared: Any,
+    plan: Any,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> SearchResult:
-    """Runs (or resumes) a SimCLR search; `prepared.data` must hold no test images
-    (use `without_test`). The objective is probe accuracy on `prepared.split.validation`."""
-    if len(prepared.data.x_test):
-        raise ValueError("prepared.data must not hold the test split; use without_test().")
-    return _search(config, hypermodel, (prepared,), {}, overwrite, log)
+    """Runs (or resumes) a SimCLR search on an `experiment.Plan` whose data holds no test
+    images (`without_test`); each trial re-resolves it for its settings. The objective is
+    probe accuracy on `plan.split.validation`."""
+    if len(plan.data.x_test):
+        raise ValueError("plan.data must not hold the test split; use without_test().")
+    return _search(config, hypermodel, (plan,), {}, overwrite, log)
 
 
 def without_test(data: Any) -> Any:
