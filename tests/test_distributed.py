@@ -63,7 +63,7 @@ def compare(method: str, strategy) -> dict:
     import keras
     import numpy as np
 
-    from kerassl.evaluation.probes import extract_features
+    from kerassl.evaluation.features import extract_features
     from kerassl.testing.synthetic import tiny_images
 
     images = tiny_images(GLOBAL_BATCH, 16)[0].astype("float32") / 255

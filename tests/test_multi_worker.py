@@ -174,7 +174,7 @@ def worker_main(out: Path, methods: list[str]) -> None:
     import tensorflow as tf
     from test_distributed import GLOBAL_BATCH, STEPS, _build
 
-    from kerassl.evaluation.probes import extract_features
+    from kerassl.evaluation.features import extract_features
     from kerassl.testing.synthetic import tiny_images
 
     index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
