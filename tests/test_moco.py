@@ -1,33 +1,57 @@
 import itertools
-import json
 
 import keras
 import numpy as np
 import pytest
 
-from kerassl.data.augment import make_augmenter
 from kerassl.losses.info_nce import info_nce
-from kerassl.models.encoders import build_encoder
-from kerassl.models.heads import build_head
 from kerassl.models.moco import BatchStatsNormalization, MoCo, in_groups
-from kerassl.testing.synthetic import tiny_images
+from kerassl.testing.method_contract import build_tiny, run_method_contract
+from kerassl.testing.references import np_info_nce
+from kerassl.testing.synthetic import tiny_float_images
 
-
-def make_moco(seed=0, preset="none", **kwargs):
-    keras.utils.set_random_seed(seed)
-    encoder = build_encoder("cnn", (16, 16, 1), filters=(8, 16), convs_per_block=1)
-    head = build_head("mlp", encoder.output_shape[-1], output_dim=16, hidden_dim=32)
-    kwargs = {"bn_groups": 1, "seed": seed, **kwargs}
-    return MoCo(encoder, head, make_augmenter(preset, seed=seed), **kwargs)
-
-
-def images(n=8, seed=0):
-    return tiny_images(n, 16, seed=seed)[0].astype("float32") / 255
+# Also the distributed check's: a queue of 12 with 8 keys a step wraps around at step 2.
+CONTRACT_KWARGS = {
+    "temperature": 0.3,
+    "momentum": 0.9,
+    "queue_size": 12,
+    "symmetric": False,
+    "bn_groups": 2,
+    "seed": 3,
+}
 
 
 def unit(x):
     x = np.asarray(x, np.float64)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def reference_loss(model, images):
+    """InfoNCE (MoCo eq. 1) of the queries against their keys and the queue the step finds.
+
+    Without Shuffling BN (`bn_groups=1`) the keys are the key networks' projections of the
+    batch itself; the symmetric loss contrasts both ways (equal views: twice the same).
+    """
+    assert model.bn_groups == 1
+    q = np.asarray(model.project(images, training=True))
+    k = np.asarray(model.key_head(model.key_encoder(images, training=True), training=True))
+    queue = model.queue.keys.numpy()
+    copies = 2 if model.symmetric else 1
+    logits = unit(q) @ np.concatenate([unit(k), queue]).T  # positive of row i: column i
+    positive = logits[np.arange(len(q)), np.arange(len(q))]
+    negatives = logits[:, len(q) :]
+    return {
+        "loss": copies * np_info_nce(q, k, queue, model.temperature),
+        "contrastive_accuracy": np.mean(positive > negatives.max(axis=1)),
+    }
+
+
+def test_method_contract(tmp_path):
+    run_method_contract(MoCo, CONTRACT_KWARGS, reference_loss, tmp_path, {"bn_groups": 1})
+
+
+def make_moco(seed=0, preset="none", **kwargs):
+    return build_tiny(MoCo, {"bn_groups": 1, "seed": seed, **kwargs}, preset=preset, seed=seed)
 
 
 def queue_in_order(model):
@@ -36,7 +60,7 @@ def queue_in_order(model):
 
 
 def test_fit_lowers_the_loss():
-    x = images(32)
+    x = tiny_float_images(32)
     model = make_moco(preset="digits", queue_size=16, bn_groups=2, temperature=0.2)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     history = model.fit(x, batch_size=8, epochs=10, verbose=0)
@@ -47,29 +71,25 @@ def test_fit_lowers_the_loss():
     assert 0.0 <= history.history["contrastive_accuracy"][-1] <= 1.0
 
 
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_train_step_is_info_nce_of_query_against_key_and_queue(symmetric):
+def test_symmetric_step_contrasts_both_ways_and_enqueues_both_key_sets():
     # Identity augmentation and a key encoder equal to the query encoder: the keys are the
-    # queries, so the step's loss is InfoNCE(q, q, queue) (twice when symmetric), and the
-    # step then enqueues the normalised keys (k1 then k2 when symmetric).
-    x = images(8)
-    model = make_moco(queue_size=40, symmetric=symmetric)
+    # queries, so the step's loss is twice InfoNCE(q, q, queue), and the step then enqueues
+    # the normalised keys k1 then k2. (The one-way step is the method contract's.)
+    x = tiny_float_images(8)
+    model = make_moco(queue_size=40, symmetric=True)
     model.compile(optimizer=keras.optimizers.SGD(0.0))
     queue_before = model.queue.keys.numpy()
     logs = model.train_on_batch(x, return_dict=True)
     q = np.asarray(model.project(x, training=True))
-    expected, logits, _ = info_nce(q, q, queue_before, 0.2)
-    copies = 2 if symmetric else 1
-    np.testing.assert_allclose(logs["loss"], copies * float(expected), rtol=1e-5)
+    expected, logits, _ = info_nce(q, q, queue_before, model.temperature)
+    np.testing.assert_allclose(logs["loss"], 2 * float(expected), rtol=1e-5)
     # Top-1 accuracy: the positive beats the 40 queued keys for every query.
     assert logs["contrastive_accuracy"] == pytest.approx(
         np.mean(np.argmax(np.asarray(logits), axis=1) == 0)
     )
-    assert int(model.queue.pointer.numpy()) == 8 * copies
-    keys = np.concatenate([unit(q)] * copies)
-    np.testing.assert_allclose(model.queue.keys.numpy()[: 8 * copies], keys, atol=1e-5)
-    untouched = slice(8 * copies, None)
-    np.testing.assert_array_equal(model.queue.keys.numpy()[untouched], queue_before[untouched])
+    assert int(model.queue.pointer.numpy()) == 16
+    np.testing.assert_allclose(model.queue.keys.numpy()[:16], np.r_[unit(q), unit(q)], atol=1e-5)
+    np.testing.assert_array_equal(model.queue.keys.numpy()[16:], queue_before[16:])
 
 
 def test_queue_is_fifo_over_training_steps_with_wrap_around():
@@ -80,7 +100,7 @@ def test_queue_is_fifo_over_training_steps_with_wrap_around():
     initial = queue_in_order(model)
     stream = [initial]
     for step in range(7):
-        batch = images(4, seed=step + 1)
+        batch = tiny_float_images(4, seed=step + 1)
         model.train_on_batch(batch)
         stream.append(unit(model.project(batch, training=True)))  # this step's keys
         expected = np.concatenate(stream)[-10:]
@@ -101,7 +121,7 @@ def test_enqueue_keeps_the_newest_keys_when_more_than_the_queue_arrive():
 
 
 def test_momentum_update_is_exact_and_the_key_networks_get_no_gradient():
-    x = images(8)
+    x = tiny_float_images(8)
     model = make_moco(momentum=0.9, queue_size=16, bn_groups=2)
     rng = np.random.default_rng(1)
     key_networks = model.key_encoder.weights + model.key_head.weights
@@ -127,7 +147,7 @@ def test_key_encoder_uses_batch_statistics_although_frozen():
     assert not model.key_encoder.trainable
     batch_norms = [layer for layer in model.key_encoder.layers if "bn" in layer.name]
     assert batch_norms and all(isinstance(layer, BatchStatsNormalization) for layer in batch_norms)
-    x = images(8)
+    x = tiny_float_images(8)
     # Same weights: in training mode the frozen key encoder equals the query encoder (batch
     # statistics), unlike a frozen Keras BatchNormalization (moving statistics).
     np.testing.assert_allclose(
@@ -155,7 +175,7 @@ def test_shuffling_bn_normalises_each_key_with_a_random_half_of_the_batch():
     # With 2 groups, the keys of a batch of 8 are those of the key network applied to two
     # halves of it; the halves change from step to step and are not the queries' halves
     # (rows 0, 2, 4, 6 and 1, 3, 5, 7), so a query and its key do not share statistics.
-    x = images(8)
+    x = tiny_float_images(8)
     model = make_moco(bn_groups=2)
 
     def key_net(rows):
@@ -176,27 +196,6 @@ def test_shuffling_bn_normalises_each_key_with_a_random_half_of_the_batch():
         halves.append(matches[0])
     assert len(set(halves)) > 1
     assert any(half != (0, 2, 4, 6) for half in halves)
-
-
-def test_save_load_round_trip(tmp_path):
-    x = images(16)
-    model = make_moco(queue_size=12, momentum=0.95, symmetric=True, bn_groups=2, seed=4)
-    model.compile(optimizer="adam")
-    model.fit(x, batch_size=8, epochs=1, verbose=0)
-    assert int(model.queue.pointer.numpy()) == 32 % 12
-    model.save(tmp_path / "moco.keras")
-    restored = keras.saving.load_model(tmp_path / "moco.keras")
-    assert isinstance(restored, MoCo)
-    assert json.loads(json.dumps(restored.get_config())) == json.loads(
-        json.dumps(model.get_config())
-    )
-    for name in ("temperature", "momentum", "queue_size", "symmetric", "bn_groups", "seed"):
-        assert getattr(restored, name) == getattr(model, name)
-    np.testing.assert_allclose(np.asarray(restored(x)), np.asarray(model(x)), atol=1e-5)
-    np.testing.assert_array_equal(restored.queue.keys.numpy(), model.queue.keys.numpy())
-    assert int(restored.queue.pointer.numpy()) == int(model.queue.pointer.numpy())
-    for a, b in zip(restored.key_encoder.weights, model.key_encoder.weights, strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,12 @@ timeout, so a hung collective fails the test instead of blocking the suite.
 
 - Equivalence: this file executed as a script (`python tests/test_multi_worker.py OUT
   METHOD…`) is one worker. Per method, both workers build the model of
-  `test_distributed._build` from the same initial weights, and train it on identical views
+  `kerassl.testing.method_contract.build_for_distribution` (with the `CONTRACT_KWARGS` of
+  the method's test file) from the same initial weights, and train it on identical views
   (augmentation preset "none") for 2 steps of a global batch of 8, 4 images per worker, with
   synchronised BatchNorm; worker 0 also trains it on one device. Each worker saves its
   weights, losses and its share of the first global batch to OUT; the test compares them
-  with the tolerances of `test_distributed.py`.
+  with the tolerances of the method contract's distributed check.
 - CLI: `python -m kerassl.train … --strategy auto` on both workers; only the chief
   (worker 0) writes the run directory.
 """
@@ -28,9 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_distributed import contract_kwargs
+
+from kerassl.methods import METHODS as REGISTERED_METHODS
+from kerassl.testing.method_contract import GLOBAL_BATCH, STEPS, build_for_distribution
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ("simclr", "moco", "barlow_twins")
+METHODS = tuple(REGISTERED_METHODS)
 WORKERS = 2
 TIMEOUT = 300  # seconds per pair of workers (each alone takes ~30 s on 2 busy cores)
 
@@ -119,8 +124,6 @@ def _weights(arrays: dict, prefix: str) -> list[np.ndarray]:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_two_workers_match_one_device(saved, method):
-    from test_distributed import GLOBAL_BATCH, STEPS
-
     workers = [_load(saved / f"{method}-worker{i}.npz") for i in range(WORKERS)]
     single = _weights(workers[0], "w_single_")
     multi = [_weights(w, "w_multi_") for w in workers]
@@ -157,7 +160,8 @@ def test_two_workers_match_one_device(saved, method):
         assert float(np.abs(queue - workers[0]["multi_queue"]).max()) < 2e-5
         np.testing.assert_array_equal(workers[0]["multi_queue"], workers[1]["multi_queue"])
         pointers = [int(workers[0]["single_pointer"])] + [int(w["multi_pointer"]) for w in workers]
-        assert pointers == [(STEPS * GLOBAL_BATCH) % 12] * 3
+        queue_size = contract_kwargs("moco")["queue_size"]
+        assert pointers == [(STEPS * GLOBAL_BATCH) % queue_size] * 3
 
 
 def worker_main(out: Path, methods: list[str]) -> None:
@@ -172,7 +176,6 @@ def worker_main(out: Path, methods: list[str]) -> None:
 
     import keras
     import tensorflow as tf
-    from test_distributed import GLOBAL_BATCH, STEPS, _build
 
     from kerassl.evaluation.features import extract_features
     from kerassl.testing.synthetic import tiny_images
@@ -201,10 +204,10 @@ def worker_main(out: Path, methods: list[str]) -> None:
 
     for method in methods:
         keras.utils.set_random_seed(0)
-        single = _build(method, sync_bn=False)
+        single = build_for_distribution(method, contract_kwargs(method), sync_bn=False)
         initial = [w.numpy() for w in single.weights]
         with strategy.scope():
-            multi = _build(method, sync_bn=True)
+            multi = build_for_distribution(method, contract_kwargs(method), sync_bn=True)
             for weight, value in zip(multi.weights, initial, strict=True):
                 weight.assign(value)
         arrays = {

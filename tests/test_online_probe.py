@@ -8,35 +8,42 @@ import tensorflow as tf
 
 from kerassl.config import TrainConfig
 from kerassl.experiment import build_method
+from kerassl.optimizers import make_optimizer
+from kerassl.testing.method_contract import IMAGE_SHAPE, build_tiny
 from kerassl.testing.synthetic import tiny_images
 
-SHAPE = (16, 16, 1)
-METHOD_OPTIONS = {
-    "simclr": {},
-    "moco": {"queue_size": 32, "bn_groups": 2},
-    "barlow_twins": {"projector_dims": "32,32,16"},
-}
+METHOD_OPTIONS = {"simclr": {}, "moco": {"queue_size": 32, "bn_groups": 2}, "barlow_twins": {}}
 
 
 def build(method: str, probe: bool, seed: int = 0):
-    keras.utils.set_random_seed(seed)
-    config = TrainConfig(
-        method=method, hidden_dim=32, projection_dim=16, online_probe=probe, seed=seed,
-        **METHOD_OPTIONS[method],
-    )  # fmt: skip
-    return build_method(config, SHAPE, "digits", steps=10, num_classes=4)
+    """The tiny method, compiled with `kerassl train`'s default optimizer (AdamW)."""
+    options = {**METHOD_OPTIONS[method], "probe_classes": 4 if probe else 0}
+    model = build_tiny(method, options, preset="digits", seed=seed)
+    defaults = TrainConfig()
+    optimizer = make_optimizer(
+        defaults.optimizer, defaults.learning_rate, weight_decay=defaults.weight_decay
+    )
+    model.compile(optimizer=optimizer)
+    return model
 
 
 def probe_data(n: int = 32, batch_size: int = 16) -> tf.data.Dataset:
     """`(images, (labeled_images, labels))` batches, as `experiment.pretrain` makes them."""
-    x, y = tiny_images(n, 16, classes=4)
-    x = x.astype("float32") / 255
+    x, y = tiny_images(n, classes=4, dtype="float32")
     unlabeled = tf.data.Dataset.from_tensor_slices(x).batch(batch_size, drop_remainder=True)
     labeled = tf.data.Dataset.from_tensor_slices((x[:8], y[:8])).batch(8).repeat()
     return tf.data.Dataset.zip(unlabeled, labeled)
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "barlow_twins"])
+def test_build_method_adds_the_probe_when_configured():
+    for probe in (True, False):
+        config = TrainConfig(hidden_dim=32, projection_dim=16, online_probe=probe)
+        model = build_method(config, IMAGE_SHAPE, "digits", total_steps=10, num_classes=4)
+        assert model.probe_classes == (4 if probe else 0)
+        assert (model.probe is not None) == probe
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_OPTIONS))
 def test_probe_never_changes_what_the_encoder_learns(method):
     data = probe_data()
     with_probe, without = build(method, True), build(method, False)
@@ -52,7 +59,7 @@ def test_probe_learns_and_reports_its_metrics():
     model = build("simclr", True)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))  # a constant rate for this test
     kernel = np.asarray(model.probe.kernel).copy()
-    history = model.fit(probe_data().repeat(), epochs=10, steps_per_epoch=2, verbose=0)
+    history = model.fit(probe_data().repeat(), epochs=20, steps_per_epoch=2, verbose=0)
     logs = history.history
     assert {"loss", "contrastive_accuracy", "probe_loss", "probe_accuracy"} <= set(logs)
     assert logs["probe_loss"][-1] < 0.75 * logs["probe_loss"][0], logs["probe_loss"]
@@ -62,8 +69,7 @@ def test_probe_learns_and_reports_its_metrics():
 
 def test_probe_is_ignored_without_labeled_batches_and_survives_save_load(tmp_path):
     model = build("simclr", True)
-    x, _ = tiny_images(16, 16)
-    images = x.astype("float32") / 255
+    images = tiny_images(16, dtype="float32")[0]
     logs = model.fit(images, batch_size=8, epochs=1, verbose=0).history  # images only
     assert logs["probe_loss"] == [0.0]  # nothing to train the probe on: untouched tracker
     model.save(tmp_path / "model.keras")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -214,7 +216,8 @@ class SSLModel(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        # A deep copy: deserialising the nested Functional models consumes their configs.
+        config = copy.deepcopy(config)
         for key in ("encoder", "head", "augmenter"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
