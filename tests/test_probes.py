@@ -205,7 +205,7 @@ def test_knn_matches_brute_force(k, tau):
     bank, bank_labels = rng.normal(size=(60, 5)), rng.integers(0, 4, 60)
     queries, query_labels = rng.normal(size=(30, 5)), rng.integers(0, 4, 30)
     expected = np_weighted_knn(bank, bank_labels, queries, k, tau)
-    predicted = knn_predict(bank, bank_labels, queries, k, tau, chunk_size=7)
+    predicted = knn_predict(bank, bank_labels, queries, k=k, temperature=tau, chunk_size=7)
     np.testing.assert_array_equal(predicted, expected)
     assert knn_accuracy(bank, bank_labels, queries, query_labels, k, tau) == pytest.approx(
         np.mean(expected == query_labels)

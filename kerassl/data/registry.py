@@ -269,23 +269,17 @@ def _idx_candidates(key: str, data_dir: str | None) -> list[Path]:
     return folders + [Path(d) for d in SYSTEM_IDX_DIRS[key]]
 
 
-def _load_tfds(
-    name: str,
-    data_dir: str | None,
-    image_size: int | None,
-    download: bool,
-    display: str,
-    local_hint: str | None = None,
-) -> Arrays:
-    """`formats.tfds.load_tfds` in the data dir of the registry, unknown names explained."""
+def _load_tfds(name: str, data_dir: str | None, *args, **kwargs) -> Arrays:
+    """`formats.tfds.load_tfds` (same arguments; `display` by keyword) in the data dir of
+    the registry, unknown names explained."""
     from kerassl.data.formats.tfds import UnknownBuilder, load_tfds
 
     directory = data_dir or os.environ.get(ENV_DATA_DIR) or None
     directory = str(Path(directory).expanduser()) if directory else None
     try:
-        return load_tfds(name, directory, image_size, download, display, local_hint)
+        return load_tfds(name, directory, *args, **kwargs)
     except UnknownBuilder as error:
-        raise UserError(_unknown_name_message(name, display, error)) from None
+        raise UserError(_unknown_name_message(name, kwargs["display"], error)) from None
 
 
 def _unknown_name_message(name: str, display: str, error: UnknownBuilder) -> str:

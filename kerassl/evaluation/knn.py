@@ -80,16 +80,11 @@ def knn_scores(
 
 
 def knn_predict(
-    train_features: np.ndarray,
-    train_labels: np.ndarray,
-    test_features: np.ndarray,
-    k: int = 20,
-    temperature: float = 0.07,
-    chunk_size: int = 1024,
+    train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray, **options
 ) -> np.ndarray:
-    """[Q] int64 best classes of the `knn_scores` vote (the smallest label on a tie)."""
-    scores = knn_scores(train_features, train_labels, test_features, k, temperature, chunk_size)
-    return np.argmax(scores, axis=1)
+    """[Q] int64 best classes of the `knn_scores` vote (the smallest label on a tie);
+    `options` are those of `knn_scores` (k, temperature, chunk_size)."""
+    return np.argmax(knn_scores(train_features, train_labels, test_features, **options), axis=1)
 
 
 def knn_accuracy(
