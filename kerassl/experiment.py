@@ -33,7 +33,7 @@ from kerassl.errors import UserError
 from kerassl.evaluation.features import extract_features
 from kerassl.evaluation.knn import KNNMonitor
 from kerassl.evaluation.probes import linear_probe
-from kerassl.methods import MethodSpec, get_method
+from kerassl.methods import get_method
 from kerassl.models.encoders import build_encoder
 from kerassl.models.heads import build_head
 from kerassl.optimizers import WarmupCosine, make_optimizer
@@ -51,7 +51,6 @@ class Plan:
         data: the dataset (uint8 arrays; the test split is only read by `evaluate`).
         split: the labeled / validation indices into `data.x_train`.
         pool: uint8 images used for pretraining (never test images).
-        method: the method's registry entry.
         preset: the resolved augmentation preset (`--augment`, else the dataset's).
         label_flip: whether horizontal flips preserve labels under `preset` (the
             supervised baseline augments its labeled images with them).
@@ -64,7 +63,6 @@ class Plan:
     data: ImageData
     split: Split
     pool: np.ndarray
-    method: MethodSpec
     preset: str
     label_flip: bool
     steps_per_epoch: int
@@ -120,7 +118,6 @@ def resolve(
         data=data,
         split=split,
         pool=pool,
-        method=get_method(config.method),
         preset=preset,
         label_flip=label_flip(preset),
         steps_per_epoch=min(config.steps_per_epoch or per_epoch, per_epoch),
