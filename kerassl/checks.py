@@ -87,3 +87,38 @@ def parse_widths(text: str) -> tuple[int, ...]:
 def parse_weights(value: str | None) -> str | None:
     """The pretrained-weights setting: `None`/`"none"` → None, other names unchanged."""
     return None if value is None or str(value).lower() == "none" else str(value)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+@dataclass(frozen=True)
+class Every:
+    """A checkpoint period: every `steps` training steps, or every `seconds` of training."""
+
+    steps: int | None = None
+    seconds: float | None = None
+
+    def due(self, steps_since: int, seconds_since: float) -> bool:
+        if self.steps is not None:
+            return steps_since >= self.steps
+        return seconds_since >= self.seconds
+
+
+def parse_every(text: str) -> Every:
+    """`"200"` → every 200 steps; `"30s"`, `"5m"`, `"1.5h"` → a duration. `ValueError`
+    unless the number is > 0 (steps: an integer)."""
+    text = str(text).strip().lower()
+    try:
+        if text and text[-1] in _DURATION_UNITS:
+            seconds = float(text[:-1]) * _DURATION_UNITS[text[-1]]
+            if seconds > 0:
+                return Every(seconds=seconds)
+        elif text.isdigit() and int(text) >= 1:
+            return Every(steps=int(text))
+    except ValueError:
+        pass
+    raise ValueError(
+        f"a period must be a number of steps >= 1 or a duration such as 30s, 5m, 1h. "
+        f"Received: {text!r}"
+    )

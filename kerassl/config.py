@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from kerassl.checks import RULES, parse_weights, parse_widths
+from kerassl.checks import RULES, parse_every, parse_weights, parse_widths
 from kerassl.errors import UserError
 
 # Config field → its rule in `kerassl.checks.RULES` (constructor argument names differ
@@ -33,9 +33,23 @@ _RULES_OF_FIELDS = {
 }
 _OPTIONAL = {"image_size", "steps_per_epoch", "max_unlabeled"}  # None: the default
 
+# Settings that do not change what a run computes: a re-run of a run directory may give
+# other values for them.
+UNCOMPUTED = ("checkpoint_every", "download", "out", "run_name")
+# What `kerassl train --resume RUN_DIR` may change on the way (a run that diverged goes on
+# from its last good checkpoint with a lower --lr); config.json records the change.
+RESUME_CHANGEABLE = ("learning_rate",)
+# Config field → its CLI flag, where the two names differ.
+_FLAGS = {"method": "METHOD", "learning_rate": "--lr", "jit_compile": "--xla"}
+
+
+def flag(name: str) -> str:
+    """The CLI flag of a config field: `batch_size` → `--batch-size`."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
 
 def _reject(name: str, accepted: str, value) -> None:
-    raise UserError(f"--{name.replace('_', '-')} must be {accepted}; got {value}")
+    raise UserError(f"{flag(name)} must be {accepted}; got {value}")
 
 
 @dataclass
@@ -83,6 +97,10 @@ class TrainConfig:
     knn_every: int = 1  # kNN monitor period in epochs (0 disables)
     online_probe: bool = False  # linear probe trained alongside pretraining (probe_accuracy)
     seed: int = 0
+    # Op determinism: two runs of one command (or a run killed and resumed) end with the
+    # same weights, at some cost in speed (README, "Resuming and determinism").
+    deterministic: bool = False
+    checkpoint_every: str = "5m"  # steps ("200") or a duration ("30s", "5m", "1h")
     out: str = "runs"
     run_name: str | None = None
 
@@ -116,6 +134,14 @@ class TrainConfig:
         if self.jit_compile not in (True, False, "auto"):
             _reject("jit_compile", "auto, on or off", self.jit_compile)
         try:
+            parse_every(self.checkpoint_every)
+        except ValueError:
+            _reject(
+                "checkpoint_every",
+                "a number of steps >= 1 or a duration such as 30s, 5m, 1h",
+                self.checkpoint_every,
+            )
+        try:
             parse_widths(self.projector_dims)
         except ValueError:
             _reject(
@@ -128,6 +154,16 @@ class TrainConfig:
     def projector_widths(self) -> tuple[int, ...]:
         """`projector_dims` as integers."""
         return parse_widths(self.projector_dims)
+
+    def differences(self, other: TrainConfig, ignore=UNCOMPUTED) -> list[str]:
+        """`"--epochs 3 (the run has 2)"` for every setting of `self` that differs from
+        `other`'s, apart from `ignore`."""
+        mine, theirs = self.to_json(), other.to_json()
+        return [
+            f"{flag(name)} {mine[name]} (the run has {theirs[name]})"
+            for name in mine
+            if name not in ignore and mine[name] != theirs[name]
+        ]
 
     def __post_init__(self):
         self.weights = parse_weights(self.weights)

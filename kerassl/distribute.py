@@ -3,12 +3,14 @@ machines (TF_CONFIG or SLURM)."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import tensorflow as tf
 
+from kerassl.cluster import is_chief, slurm_workers, tf_config_workers
 from kerassl.errors import UserError
+
+__all__ = ["STRATEGIES", "describe", "is_chief", "make_strategy", "split_cpu"]
 
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
@@ -32,10 +34,6 @@ def split_cpu(devices: int) -> None:
             ) from None
 
 
-def _slurm_workers() -> int:
-    return int(os.environ.get("SLURM_NTASKS", "1"))
-
-
 def make_strategy(kind: str = "auto") -> tf.distribute.Strategy:
     """Returns the strategy for `kind`.
 
@@ -53,7 +51,7 @@ def make_strategy(kind: str = "auto") -> tf.distribute.Strategy:
     if kind not in STRATEGIES:
         raise UserError(f"unknown strategy {kind!r}; choose one of {', '.join(STRATEGIES)}")
     if kind == "auto":
-        if _tf_config_workers() > 1 or _slurm_workers() > 1:
+        if tf_config_workers() > 1 or slurm_workers() > 1:
             kind = "multi_worker"
         elif _local_devices() > 1:
             kind = "mirrored"
@@ -65,7 +63,7 @@ def make_strategy(kind: str = "auto") -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy(devices=_device_names())
     global _multi_worker
     if _multi_worker is None:
-        if "TF_CONFIG" not in os.environ and _slurm_workers() > 1:
+        if "TF_CONFIG" not in os.environ and slurm_workers() > 1:
             resolver = tf.distribute.cluster_resolver.SlurmClusterResolver()
             _multi_worker = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
         else:
@@ -88,14 +86,6 @@ def describe(strategy: tf.distribute.Strategy) -> dict:
     return {"strategy": kind, "replicas": int(strategy.num_replicas_in_sync)}
 
 
-def _tf_config_workers() -> int:
-    try:
-        config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    except json.JSONDecodeError:
-        raise UserError("TF_CONFIG is not valid JSON") from None
-    return len(config.get("cluster", {}).get("worker", []))
-
-
 def _device_names() -> list[str]:
     gpus = tf.config.list_logical_devices("GPU")
     return [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
@@ -103,16 +93,3 @@ def _device_names() -> list[str]:
 
 def _local_devices() -> int:
     return len(_device_names())
-
-
-def is_chief() -> bool:
-    """True on the worker that writes the run directory (worker 0, or the only one)."""
-    try:
-        task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
-    except json.JSONDecodeError:
-        return True
-    if task:
-        return task.get("type") in ("chief", None) or (
-            task.get("type") == "worker" and int(task.get("index", 0)) == 0
-        )
-    return int(os.environ.get("SLURM_PROCID", "0")) == 0

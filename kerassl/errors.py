@@ -1,4 +1,9 @@
-"""Errors a user can act on, and the one place that turns them into exit code 2."""
+"""Errors a user can act on, and the one place that turns them into exit codes.
+
+Exit codes of every kerassl CLI: 0 done (or nothing left to do), 1 a run that failed
+(`RunFailed`, e.g. a loss that became NaN), 2 a usage or data error (`UserError`),
+130 interrupted (Ctrl-C). Each failure is one line on stderr, without a traceback.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,14 @@ class UserError(Exception):
     """
 
 
+class RunFailed(Exception):
+    """A run that could not finish for a reason the user can act on (it diverged): one
+    line on stderr, exit code 1; the run directory stays, unfinished and resumable."""
+
+
 def cli_entry(main):
-    """Decorate a CLI ``main(argv=None) -> int`` so that `UserError` becomes one line + exit 2."""
+    """Decorate a CLI ``main(argv=None) -> int`` so that `UserError` becomes one line +
+    exit 2, `RunFailed` one line + exit 1 and Ctrl-C exit 130."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
@@ -25,6 +36,9 @@ def cli_entry(main):
         except UserError as error:
             print(f"kerassl: error: {error}", file=sys.stderr)
             return 2
+        except RunFailed as error:
+            print(f"kerassl: run failed: {error}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             print("kerassl: interrupted", file=sys.stderr)
             return 130

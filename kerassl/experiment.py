@@ -10,9 +10,9 @@ builders and `pretrain` take plain values from it. Method names come from the re
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import platform
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,16 +20,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kerassl import checkpoint
 from kerassl import run_dir as files
+from kerassl.checkpoint import TrainingDiverged, TrainingState
+from kerassl.checks import parse_every
 from kerassl.config import TrainConfig
 from kerassl.data.augment import make_augmenter
-from kerassl.data.pipeline import labeled_dataset, pretrain_dataset
+from kerassl.data.pipeline import pretrain_dataset, sampled_batches
 from kerassl.data.presets import label_flip
 from kerassl.data.preview import save_augmentation_grid
 from kerassl.data.registry import ImageData, load_dataset
 from kerassl.data.splits import Split, label_split, parse_labels
 from kerassl.distribute import describe, is_chief, make_strategy
-from kerassl.errors import UserError
+from kerassl.errors import RunFailed, UserError
 from kerassl.evaluation.features import extract_features
 from kerassl.evaluation.knn import KNNMonitor
 from kerassl.evaluation.probes import linear_probe
@@ -37,7 +40,8 @@ from kerassl.methods import get_method
 from kerassl.models.encoders import build_encoder
 from kerassl.models.heads import build_head
 from kerassl.optimizers import WarmupCosine, make_optimizer
-from kerassl.run_dir import RunDir
+from kerassl.resume import CONTINUE, DONE, Decision, decide
+from kerassl.run_dir import RunDir, open_run
 
 PROBE_BATCH = 64  # labeled images per step for the online probe (fewer when fewer exist)
 
@@ -191,16 +195,32 @@ def pretrain(
     run_dir: RunDir | None = None,
     verbose="auto",
     strategy: tf.distribute.Strategy | None = None,
-):
+    writes: bool = True,
+) -> keras.Model:
     """Pretrains the planned method on the unlabeled pool; returns the SSL model.
+
+    With a `run_dir`, pretraining continues from its checkpoint when there is one (step
+    exact: weights, optimizer, schedule, queue, seed states, data order) and, when
+    `writes`, checkpoints every `--checkpoint-every` and at each epoch's end and keeps
+    history.csv (`kerassl.checkpoint`). `writes=False` (workers other than the chief)
+    restores from the chief's directory but writes nothing.
 
     `strategy` defaults to the current one; a multi-worker strategy must have been made
     before any TensorFlow op ran (`run` makes it first), and `plan.replicas` must be its
     replica count.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or Inf (the last good checkpoint stays).
     """
+    model, _ = _pretrain(plan, run_dir, verbose, strategy, writes)
+    return model
+
+
+def _pretrain(plan, run_dir, verbose, strategy, writes) -> tuple[keras.Model, TrainingState]:
     config, data, split = plan.config, plan.data, plan.split
     keras.utils.set_random_seed(config.seed)
     strategy = strategy or tf.distribute.get_strategy()
+    saved = None if run_dir is None else run_dir / files.CHECKPOINTS / checkpoint.STATE
     with strategy.scope():
         model = build_method(
             config,
@@ -211,22 +231,20 @@ def pretrain(
             sync_bn=plan.sync_bn,
             jit_compile=plan.jit_compile,
         )
-    dataset = pretrain_dataset(plan.pool, config.batch_size, seed=config.seed)
-    if config.online_probe:
-        # Each step also gets a batch of the labeled training examples (never validation
-        # or test images) for the online probe; `(images, (labeled_images, labels))`.
-        x, y = data.x_train[split.labeled], data.y_train[split.labeled]
-        size = min(PROBE_BATCH, len(x))
-        labeled = labeled_dataset(x, y, size, shuffle=True, seed=config.seed, drop_remainder=True)
-        dataset = tf.data.Dataset.zip(dataset, labeled.repeat())
-    # Several workers: every worker runs the same seeded pipeline, and DATA sharding (after
-    # Keras splits each global batch into per-replica batches) gives worker i the i-th slice
-    # of every global batch. Said explicitly: the pool is a tensor, not files, so AUTO would
-    # try FILE sharding first and fall back to DATA with a warning.
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    dataset = dataset.with_options(options)
-    callbacks = []
+        state = (
+            checkpoint.restore(model, saved)
+            if saved is not None and saved.is_file()
+            else TrainingState()
+        )
+    writing = run_dir is not None and writes
+    checkpointer = checkpoint.Checkpointer(
+        run_dir / files.CHECKPOINTS if writing else None,
+        run_dir / files.HISTORY if writing else None,
+        parse_every(config.checkpoint_every),
+        state,
+    )
+    # The guard first: nothing after it sees (or checkpoints) a non-finite loss.
+    callbacks = [checkpoint.StopOnNonFinite(state.step)]
     if config.knn_every:
         # kNN accuracy of the validation labels against the training labels: a label-free
         # training signal users can watch (the test split stays unseen).
@@ -240,24 +258,50 @@ def pretrain(
                 every=config.knn_every,
             )
         )
-    if run_dir is not None:
-        # The chief's only, also under several workers: Keras 3's BackupAndRestore (unlike
-        # tf.keras 2's, which other workers had to run too, into temporary directories),
-        # CSVLogger and TensorBoard read local values and run no collective op.
-        callbacks += [
-            keras.callbacks.BackupAndRestore(str(run_dir / files.CHECKPOINTS)),
-            keras.callbacks.CSVLogger(str(run_dir / files.HISTORY)),
-            keras.callbacks.TensorBoard(str(run_dir / files.LOGS), write_graph=False),
-        ]
-    model.fit(
-        dataset.repeat(),
-        epochs=config.epochs,
-        steps_per_epoch=plan.steps_per_epoch,
-        callbacks=callbacks,
-        verbose=verbose,
-        shuffle=False,  # the dataset shuffles itself, seeded
+    callbacks.append(checkpointer)
+    if writing:
+        # TensorBoard reads local values and runs no collective op: the chief's only.
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / files.LOGS), write_graph=False))
+    # A resumed epoch first finishes its remaining steps in a `fit` of its own; the
+    # epochs after it follow in a second one.
+    epoch, done = divmod(state.step, plan.steps_per_epoch)
+    segments = [(epoch, epoch + 1, done), (epoch + 1, config.epochs, 0)] if done else []
+    for first, last, skip in segments or [(epoch, config.epochs, 0)]:
+        if first >= last:
+            continue
+        model.fit(
+            _pretrain_data(plan, first, last, skip),
+            initial_epoch=first,
+            epochs=last,
+            steps_per_epoch=plan.steps_per_epoch - skip,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,  # the dataset orders itself, from (seed, epoch)
+        )
+    return model, state
+
+
+def _pretrain_data(plan: Plan, first: int, last: int, skip: int) -> tf.data.Dataset:
+    """The batches of epochs [first, last), without the first `skip` of `first`."""
+    config, data, split = plan.config, plan.data, plan.split
+    steps = plan.steps_per_epoch
+    dataset = pretrain_dataset(
+        plan.pool, config.batch_size, config.seed, (first, last), steps, skip
     )
-    return model
+    if config.online_probe:
+        # Each step also gets a batch of the labeled training examples (never validation
+        # or test images) for the online probe; `(images, (labeled_images, labels))`.
+        x, y = data.x_train[split.labeled], data.y_train[split.labeled]
+        size = min(PROBE_BATCH, len(x))
+        labeled = sampled_batches(x, y, size, config.seed, first_step=first * steps + skip)
+        dataset = tf.data.Dataset.zip(dataset, labeled)
+    # Several workers: every worker runs the same seeded pipeline, and DATA sharding (after
+    # Keras splits each global batch into per-replica batches) gives worker i the i-th slice
+    # of every global batch. Said explicitly: the pool is a tensor, not files, so AUTO would
+    # try FILE sharding first and fall back to DATA with a warning.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 def evaluate(plan: Plan, encoder: keras.Model) -> tuple[dict, keras.Model]:
@@ -280,80 +324,159 @@ def evaluate(plan: Plan, encoder: keras.Model) -> tuple[dict, keras.Model]:
     return {"linear_probe": dataclasses.asdict(result)}, classifier
 
 
-def run(config: TrainConfig, verbose="auto") -> tuple[Path | None, dict]:
-    """The whole `kerassl train` job. Returns the run dir (None on a non-chief worker) and
-    the metrics.
+def run(
+    config: TrainConfig, decision: Decision | None = None, verbose="auto"
+) -> tuple[Path | None, dict]:
+    """The whole `kerassl train` job, continued where it stopped when its run directory
+    has a part of it (`kerassl.resume`). Returns the run dir (None on a worker that is
+    not the chief) and the metrics.
 
-    A user error raised after the run dir was created removes it; metrics.json is
-    written last, so an interrupted run never looks finished.
+    The stages, each skipped when the run directory shows it done: pretraining (from
+    its checkpoint; done once encoder.keras exists), the linear probe, the baseline, then
+    metrics.json, written last, so that an interrupted run never looks finished. A
+    `UserError` removes the run directory only if this invocation created it.
+
+    Raises:
+        UserError: bad settings or data, or settings other than the run directory's.
+        RunFailed: the loss became NaN or Inf; the run stays resumable.
     """
+    if decision is None:
+        config, decision = decide(config)
+    if decision.action == DONE:
+        return decision.path, open_run(decision.path, finished=True).metrics
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()  # seeds: `keras.utils.set_random_seed`
     # The strategy first: a multi-worker strategy can only be made before TensorFlow runs
     # an op, and loading data runs some.
     strategy = make_strategy(config.strategy)
     plan = prepare(config, replicas=strategy.num_replicas_in_sync)
-    data = plan.data
-    run_dir = None
-    if is_chief():
-        name = config.run_name or files.default_run_name(config.method, config.dataset)
-        run_dir = RunDir.create(config.out, name)
+    chief = is_chief()
+    run_dir, created = _open_run_dir(decision, chief)
     try:
-        started = time.time()
-        if run_dir is not None:
-            _write_run_header(run_dir, plan, strategy)
-        model = pretrain(plan, run_dir, verbose=verbose, strategy=strategy)
-        pretrain_seconds = time.time() - started
-        if run_dir is not None:
+        if chief:
+            _write_run_header(run_dir, plan, strategy, decision)
+        return run_dir.path if chief else None, _run_stages(plan, run_dir, chief, strategy, verbose)
+    except UserError:
+        if created:
+            run_dir.remove()
+        raise
+    except TrainingDiverged as error:
+        lower = f"{config.learning_rate / 10:g}"
+        raise RunFailed(
+            f"{error}. {run_dir} is left unfinished at its last good checkpoint; continue "
+            f"it with a lower learning rate: kerassl train --resume {run_dir} --lr {lower}"
+        ) from None
+
+
+def _open_run_dir(decision: Decision, chief: bool) -> tuple[RunDir, bool]:
+    """The run directory and whether this invocation created it (only the chief does)."""
+    path = decision.path
+    if not chief or decision.action == CONTINUE:
+        return RunDir(path), False
+    existed = path.exists() and not decision.overwrite
+    if decision.overwrite:
+        RunDir(path).remove()
+    return (RunDir(path) if existed else RunDir.create(path.parent, path.name)), not existed
+
+
+def _run_stages(plan: Plan, run_dir: RunDir, chief: bool, strategy, verbose) -> dict:
+    config, data = plan.config, plan.data
+    progress = run_dir.read_json(files.PROGRESS, {})
+
+    def done(stage: str, values, name: str | None = None, model=None) -> None:
+        progress[stage] = values
+        if chief:
+            if model is not None:
+                run_dir.save_model(name, model)
+            run_dir.write_json(files.PROGRESS, progress)
+
+    if run_dir.has(files.ENCODER) and "pretrain" in progress:
+        encoder = open_run(run_dir.path).load("encoder")
+    else:
+        model, state = _pretrain(plan, run_dir, verbose, strategy, writes=chief)
+        if chief:
             # Views from the model's own augmenter, drawn after training so that drawing
             # them does not move its random stream.
             save_augmentation_grid(
                 model.augmenter, plan.pool[:8], str(run_dir / files.AUGMENTATIONS)
             )
-        metrics, classifier = evaluate(plan, model.encoder)
-        metrics["pretrain_seconds"] = round(pretrain_seconds, 1)
-        metrics["pretrain_images_per_second"] = round(
-            plan.total_steps * config.batch_size / pretrain_seconds, 1
+        seconds = max(state.seconds, 1e-9)
+        done(
+            "pretrain",
+            {
+                "seconds": round(seconds, 1),
+                "images_per_second": round(plan.total_steps * config.batch_size / seconds, 1),
+            },
+            files.ENCODER,
+            model.encoder,
         )
-        baseline = None
-        if config.baseline != "none":
-            from kerassl.supervised import supervised_baseline
+        if chief:
+            RunDir(run_dir / files.CHECKPOINTS).remove()  # encoder.keras supersedes it
+        encoder = model.encoder
+    if "linear_probe" not in progress:
+        probe, classifier = evaluate(plan, encoder)
+        done("linear_probe", probe["linear_probe"], files.CLASSIFIER, classifier)
+    if config.baseline != "none" and "baseline" not in progress:
+        from kerassl.supervised import supervised_baseline
 
-            metrics["baseline"], baseline = supervised_baseline(
-                data,
-                plan.split,
-                model=config.baseline,
-                epochs=config.baseline_epochs,
-                flip=plan.label_flip,
-                seed=config.seed,
-            )
-        metrics["dataset"] = {
-            "name": data.name,
-            "num_classes": data.num_classes,
-            "num_unlabeled": int(len(plan.pool)),
-            "num_labeled": len(plan.split.all_labeled),
-            "num_test": int(len(data.x_test)),
-        }
-        if run_dir is not None:
-            run_dir.save_model(files.ENCODER, model.encoder)
-            run_dir.save_model(files.CLASSIFIER, classifier)
-            if baseline is not None:
-                run_dir.save_model(files.BASELINE, baseline)
-            run_dir.write_text(files.REPORT, report(config, metrics))
-            run_dir.write_json(files.METRICS, metrics)
-        return (run_dir.path if run_dir is not None else None), metrics
-    except UserError:
-        if run_dir is not None:
-            run_dir.remove()
-        raise
+        result, baseline = supervised_baseline(
+            data,
+            plan.split,
+            model=config.baseline,
+            epochs=config.baseline_epochs,
+            flip=plan.label_flip,
+            seed=config.seed,
+        )
+        done("baseline", result, files.BASELINE, baseline)
+    metrics = {
+        "linear_probe": progress["linear_probe"],
+        "pretrain_seconds": progress["pretrain"]["seconds"],
+        "pretrain_images_per_second": progress["pretrain"]["images_per_second"],
+    }
+    if "baseline" in progress:
+        metrics["baseline"] = progress["baseline"]
+    metrics["dataset"] = {
+        "name": data.name,
+        "num_classes": data.num_classes,
+        "num_unlabeled": int(len(plan.pool)),
+        "num_labeled": len(plan.split.all_labeled),
+        "num_test": int(len(data.x_test)),
+    }
+    if chief:
+        run_dir.write_text(files.REPORT, report(config, metrics))
+        run_dir.write_json(files.METRICS, metrics)
+    return metrics
 
 
-def _write_run_header(run_dir: RunDir, plan: Plan, strategy: tf.distribute.Strategy) -> None:
+def _write_run_header(
+    run_dir: RunDir, plan: Plan, strategy: tf.distribute.Strategy, decision: Decision
+) -> None:
+    """config.json and split.json of a new run; for a continued one, checks that the data
+    still splits as it did, and records settings changed on `--resume`."""
     config, data = plan.config, plan.data
+    split = plan.split.to_json(data.y_train, data.class_names)
+    if decision.action == CONTINUE:
+        if run_dir.read_json(files.SPLIT) != json.loads(json.dumps(split)):
+            raise UserError(
+                f"the data of {config.dataset} no longer splits as it did when {run_dir} "
+                "started (files added or removed?); start a new run"
+            )
+        if not decision.changes:
+            return
+    previous = run_dir.read_json(files.CONFIG, {})
+    changes = previous.get("changes", [])
+    at_step = _steps_done(run_dir, plan)
+    changes += [
+        {"setting": name, "from": old, "to": new, "step": at_step}
+        for name, old, new in decision.changes
+    ]
     resolved = config.to_json() | {
         "image_size": int(data.image_shape[0]),
         "channels": int(data.image_shape[-1]),
         "class_names": list(data.class_names),
         "augment": plan.preset,
         "source": data.source,
+        "skipped_files": list(getattr(data, "skipped", ())),
         "distribution": describe(strategy),  # what --strategy resolved to
         "versions": {
             "kerassl": __import__("kerassl").__version__,
@@ -361,9 +484,19 @@ def _write_run_header(run_dir: RunDir, plan: Plan, strategy: tf.distribute.Strat
             "keras": keras.__version__,
             "python": platform.python_version(),
         },
+        "settings": config.to_json(),
+        "changes": changes,
     }
     run_dir.write_json(files.CONFIG, resolved)
-    run_dir.write_json(files.SPLIT, plan.split.to_json(data.y_train, data.class_names))
+    run_dir.write_json(files.SPLIT, split)
+
+
+def _steps_done(run_dir: RunDir, plan: Plan) -> int:
+    """Pretraining steps a run directory holds: all once encoder.keras exists, else its
+    checkpoint's."""
+    if run_dir.has(files.ENCODER):
+        return plan.total_steps
+    return checkpoint.saved_step(run_dir / files.CHECKPOINTS / checkpoint.STATE)
 
 
 def report(config: TrainConfig, metrics: dict) -> str:

@@ -1,27 +1,34 @@
 """The run directory: what `kerassl train` writes, and the one module that reads it back.
 
 ```
-runs/<method>-<dataset>-<timestamp>/
+runs/<method>-<dataset>-<timestamp or slurm<job id>>/
   config.json        every resolved setting: the `TrainConfig` fields, with image_size
                      resolved to an int, plus channels, class_names, augment (the
-                     resolved preset), source, distribution and versions
+                     resolved preset), source, skipped_files, distribution, versions;
+                     "settings": the settings as given (what a re-run is compared with);
+                     "changes": settings changed on `--resume`, with the step
   split.json         labeled / validation indices into x_train, per class (`Split`)
-  augmentations.png  augmented pairs from the preset
-  checkpoints/       BackupAndRestore state
+  checkpoints/       state.npz: the last pretraining checkpoint (`kerassl.checkpoint`),
+                     removed once encoder.keras is written
   logs/              TensorBoard
-  history.csv        per-epoch pretraining metrics
-  encoder.keras      the pretrained encoder ([0, 1] float images → features)
+  history.csv        per-epoch pretraining metrics, each epoch once
+  augmentations.png  augmented pairs from the model's augmenter
+  encoder.keras      the pretrained encoder ([0, 1] float images → features); its
+                     presence marks pretraining done
+  progress.json      results of the stages done so far (pretraining time, probe, baseline)
   classifier.keras   encoder + trained linear probe: [0, 1] images → class probabilities
   baseline.keras     the supervised baseline ([0, 1] images → class probabilities)
   report.md          the run's table
   metrics.json       written last: probe / baseline results on the test split
 ```
 
-A run directory without `metrics.json` is unfinished. Every file is written atomically
-(to a temporary name in the same directory, then renamed), so a killed run never leaves a
-half-written file under a final name, and `metrics.json` appearing last marks the run
-finished. Writers use `RunDir`; readers (`kerassl.export`, the benchmarks, tests) use
-`open_run`. Nobody else parses these files.
+A run directory without `metrics.json` is unfinished, and running the same command again
+continues it where it stopped (`kerassl.resume` decides; `kerassl.experiment.run` skips
+the stages done). Every file is written atomically (to a temporary name in the same
+directory, then renamed), so a killed run never leaves a half-written file under a final
+name, and `metrics.json` appearing last marks the run finished. Writers use `RunDir`;
+readers (`kerassl.export`, the benchmarks, tests) use `open_run`. Nobody else parses
+these files.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from kerassl.errors import UserError
 CONFIG = "config.json"
 SPLIT = "split.json"
 METRICS = "metrics.json"
+PROGRESS = "progress.json"
 HISTORY = "history.csv"
 REPORT = "report.md"
 AUGMENTATIONS = "augmentations.png"
@@ -53,10 +61,12 @@ BASELINE = "baseline.keras"
 MODEL_FILES = {"classifier": CLASSIFIER, "baseline": BASELINE}
 
 
-def default_run_name(method: str, dataset: str) -> str:
-    """`<method>-<dataset>-<timestamp>`, the dataset name made path-safe."""
+def default_run_name(method: str, dataset: str, slurm_job: str | None = None) -> str:
+    """`<method>-<dataset>-<timestamp>`, the dataset name made path-safe; under SLURM
+    `<method>-<dataset>-slurm<job id>`, so that a requeued job finds its run again."""
     safe = dataset.replace(":", "-").replace("/", "_").strip("_-")[-40:]
-    return f"{method}-{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    when = f"slurm{slurm_job}" if slurm_job else time.strftime("%Y%m%d-%H%M%S")
+    return f"{method}-{safe}-{when}"
 
 
 class RunDir:
@@ -99,6 +109,10 @@ class RunDir:
     def finished(self) -> bool:
         return (self.path / METRICS).is_file()
 
+    def has(self, name: str) -> bool:
+        """Whether the file `name` has been written."""
+        return (self.path / name).is_file()
+
     def write_text(self, name: str, text: str) -> Path:
         """Writes `text` to `name` atomically."""
         return self._atomic(name, lambda tmp: tmp.write_text(text))
@@ -122,6 +136,11 @@ class RunDir:
             if os.path.exists(tmp):
                 os.remove(tmp)
         return target
+
+    def read_json(self, name: str, default: Any = None) -> Any:
+        """The JSON file `name`, or `default` when it does not exist."""
+        path = self.path / name
+        return _read_json(path) if path.is_file() else default
 
     def remove(self) -> None:
         """Deletes the directory and everything in it."""

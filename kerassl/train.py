@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
+from kerassl import resume
 from kerassl.config import TrainConfig
 from kerassl.data.presets import PRESETS
 from kerassl.data.registry import DATASET_FORMS
@@ -221,25 +223,80 @@ def build_parser() -> ArgumentParser:
         help="seed of the split, augmentation and initialisation (default %(default)s)",
     )
     g.add_argument("--out", default=d.out, help="parent of the run directory (default %(default)s)")
-    g.add_argument("--run-name", help="run directory name (default METHOD-DATASET-TIMESTAMP)")
+    g = p.add_argument_group("run directory, resuming and determinism")
+    g.add_argument(
+        "--run-name",
+        help="run directory name (default METHOD-DATASET-TIMESTAMP, or METHOD-DATASET-"
+        "slurmJOBID under SLURM). Running a command again with the same --run-name and "
+        "settings continues that run where it stopped; a finished run is not run again",
+    )
+    g.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue RUN_DIR with its own settings; only --lr may change (recorded in "
+        "its config.json with the step), e.g. to go on from the last good checkpoint of a "
+        "run whose loss became NaN",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="DELETE the run directory named by --out/--run-name with everything in it "
+        "(checkpoints, models, metrics) and start the run afresh",
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        default=d.checkpoint_every,
+        help="save the pretraining state every N steps or every duration (30s, 5m, 1h) "
+        "and at each epoch's end: a kill loses at most that (default %(default)s)",
+    )
+    g.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="op determinism: two runs of a command, or a run killed and continued, end "
+        "with the same weights and metrics (slower; see the README)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
+# Command-line options that are not `TrainConfig` settings.
+_NOT_SETTINGS = ("offline", "cpu_devices", "quiet", "resume", "overwrite")
+
+
+def given_settings(parser: ArgumentParser, argv) -> set[str]:
+    """The settings given explicitly on the command line (not left at their defaults)."""
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given = set(vars(parser.parse_args(argv)))
+    if "offline" in given:
+        given.add("download")
+    return given - set(_NOT_SETTINGS)
+
+
 @cli_entry
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    options = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    options["jit_compile"] = {"on": True, "off": False}.get(options["jit_compile"], "auto")
+    config = TrainConfig(**options, download=not args.offline)
+    config.validate()  # usage errors before TensorFlow loads
+    config, decision = resume.decide(
+        config,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        given=given_settings(build_parser(), argv),
+    )
+    if decision.action == resume.DONE:
+        print(f"run {decision.path} is finished (it has metrics.json): nothing to do")
+        return 0
     if args.cpu_devices:
         from kerassl.distribute import split_cpu
 
         split_cpu(args.cpu_devices)
-    options = {k: v for k, v in vars(args).items() if k not in ("offline", "cpu_devices", "quiet")}
-    options["jit_compile"] = {"on": True, "off": False}.get(options["jit_compile"], "auto")
-    config = TrainConfig(**options, download=not args.offline)
-    config.validate()  # usage errors before TensorFlow loads
     from kerassl import experiment  # heavy imports (TensorFlow) after validation
 
-    run_dir, metrics = experiment.run(config, verbose=0 if args.quiet else "auto")
+    run_dir, metrics = experiment.run(config, decision, verbose=0 if args.quiet else "auto")
     print(summary(config, metrics, run_dir))
     return 0
 

@@ -48,20 +48,39 @@ def _index_batches(
     return indices.batch(batch_size, drop_remainder=drop_remainder)
 
 
-def pretrain_dataset(
-    x: np.ndarray, batch_size: int, seed: int, shuffle: bool = True
-) -> tf.data.Dataset:
-    """Unlabeled batches for self-supervised pretraining.
+def _permutation(n: int, seed, shuffle: bool = True) -> tf.Tensor:
+    """0..n-1, permuted by a stateless seed pair (the same pair, the same order)."""
+    order = tf.range(n, dtype=tf.int64)
+    if not shuffle:
+        return order
+    return tf.random.experimental.stateless_shuffle(order, seed=tf.cast(seed, tf.int64))
 
-    One pass over the data per iteration (call ``.repeat()`` for more); every batch is
-    full (``drop_remainder=True``) so that contrastive losses always see ``batch_size``
-    examples and the static batch size is known to XLA.
+
+def pretrain_dataset(
+    x: np.ndarray,
+    batch_size: int,
+    seed: int,
+    epochs: tuple[int, int] = (0, 1),
+    steps_per_epoch: int | None = None,
+    skip: int = 0,
+    shuffle: bool = True,
+) -> tf.data.Dataset:
+    """Unlabeled batches of the epochs `[first, last)` of a pretraining run.
+
+    Epoch e's order is a permutation drawn from `(seed, e)` alone, so a run resumed at
+    step s of epoch e (`epochs=(e, last), skip=s`) gets exactly the batches the
+    uninterrupted run got. Every batch is full (contrastive losses always see `batch_size`
+    examples; the static batch size is known to XLA); each epoch has `steps_per_epoch`
+    batches (default: one pass, `N // batch_size`, which is also the most).
 
     Args:
         x: uint8 images [N, H, W, C].
         batch_size: images per batch, at most N.
-        seed: shuffle seed (a new permutation each epoch, reproducible).
-        shuffle: shuffle the images.
+        seed: the run's seed.
+        epochs: `(first, last)` epoch numbers.
+        steps_per_epoch: batches per epoch, capped at one pass.
+        skip: batches of the first epoch already trained.
+        shuffle: permute each epoch (False: the array order every epoch).
 
     Returns:
         A dataset of float32 [batch_size, H, W, C] in [0, 1].
@@ -75,10 +94,53 @@ def pretrain_dataset(
         raise UserError(
             f"batch size {batch_size} is larger than the {len(x)} images; use at most {len(x)}"
         )
+    n = len(x)
+    steps = min(steps_per_epoch or n // batch_size, n // batch_size)
     images = tf.constant(x)  # [N, H, W, C] uint8
-    ds = _index_batches(len(x), batch_size, shuffle, seed, drop_remainder=True)
+
+    def epoch_batches(epoch):
+        order = _permutation(n, tf.stack([tf.cast(seed, tf.int64), epoch]), shuffle)
+        return tf.data.Dataset.from_tensor_slices(
+            tf.reshape(order[: steps * batch_size], [steps, batch_size])
+        )
+
+    first, last = epochs
+    ds = tf.data.Dataset.range(first, last).flat_map(epoch_batches).skip(skip)
     ds = ds.map(lambda idx: to_unit_float(tf.gather(images, idx)), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def sampled_batches(
+    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, first_step: int = 0
+) -> tf.data.Dataset:
+    """An endless stream of (images, labels) batches, batch k of distinct examples drawn
+    from `(seed, k)` alone (k counted from 0 at the run's first step): the online probe's
+    labeled batches, which a resumed run continues at `first_step` exactly.
+
+    Args:
+        x: uint8 images [N, H, W, C].
+        y: int labels [N].
+        batch_size: examples per batch, at most N.
+        seed: the run's seed.
+        first_step: the step the stream starts at.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    _check(x, batch_size)
+    if batch_size > len(x):
+        raise UserError(
+            f"batch size {batch_size} is larger than the {len(x)} examples; use at most {len(x)}"
+        )
+    images, labels = tf.constant(x), tf.constant(y.astype(np.int64))
+    n = len(x)
+
+    def batch(step):
+        # A second stream of the same seed: its pairs (seed, -1 - k) never meet
+        # `pretrain_dataset`'s (seed, epoch >= 0).
+        idx = _permutation(n, tf.stack([tf.cast(seed, tf.int64), -1 - step]))[:batch_size]
+        return to_unit_float(tf.gather(images, idx)), tf.gather(labels, idx)
+
+    ds = tf.data.Dataset.range(first_step, np.iinfo(np.int64).max)
+    return ds.map(batch, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 
 def labeled_dataset(

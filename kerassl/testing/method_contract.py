@@ -15,9 +15,14 @@ arguments and a reference for its loss, and gets, on a tiny CNN encoder and 16-p
 3. `.keras` save/load of that trained model (`check_save_load`): the same class and config,
    every weight equal (queues, momentum encoders, BatchNorm statistics), every optimizer
    variable equal, the same embeddings and projections, and the encoder alone (what a run
-   directory keeps) giving the same embeddings.
+   directory keeps) giving the same embeddings;
+4. checkpoint → restore → continue (`check_resume`): a model trained 2 steps, saved with
+   `kerassl.checkpoint`, restored into a freshly built one and trained 2 more ends with
+   every variable (weights, BatchNorm statistics, queue and pointer, momentum encoder,
+   augmenter and shuffle seed states) and optimizer variable equal to a model trained 4
+   steps straight, with a real augmentation preset and the method's own options.
 
-The fourth check — two steps under MirroredStrategy on 2 logical CPUs (2 replicas of 4
+The fifth check — two steps under MirroredStrategy on 2 logical CPUs (2 replicas of 4
 images, synchronised BatchNorm) equal to one device — needs TensorFlow started with a
 split CPU, so `run_distributed` runs it for many methods in ONE subprocess
 (`python -m kerassl.testing.method_contract JSON`, `compare_distributed`) and
@@ -226,6 +231,45 @@ def check_save_load(model, path: Path, images: np.ndarray) -> None:
     )
 
 
+def check_resume(
+    method: str | type,
+    kwargs: Mapping[str, Any],
+    path: Path,
+    head_widths: Sequence[int] | None = None,
+    steps: int = 2,
+) -> None:
+    """Check 4: `steps` steps, checkpoint, restore into a new model, `steps` more ==
+    `2 * steps` steps straight (atol 1e-6), on the "digits" augmentation preset."""
+    import keras
+
+    from kerassl import checkpoint
+
+    images = tiny_float_images(STEP_BATCH)
+
+    def trained(model, n):
+        for _ in range(n):
+            model.train_on_batch(images)
+        return model
+
+    def fresh():
+        model = build_tiny(method, kwargs, preset="digits", head_widths=head_widths)
+        model.compile(optimizer=keras.optimizers.AdamW(1e-2), jit_compile=False)
+        return model
+
+    straight = trained(fresh(), 2 * steps)
+    state_file = Path(path) / checkpoint.STATE
+    checkpoint.save(trained(fresh(), steps), state_file, checkpoint.TrainingState(step=steps))
+    resumed = fresh()
+    assert checkpoint.restore(resumed, state_file).step == steps
+    trained(resumed, steps)
+    pairs = [(straight.variables, resumed.variables)]
+    pairs.append((straight.optimizer.variables, resumed.optimizer.variables))
+    for expected, got in pairs:
+        assert len(expected) == len(got)
+        for a, b in zip(expected, got, strict=True):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, err_msg=a.path)
+
+
 def run_method_contract(
     method: str | type,
     kwargs: Mapping[str, Any],
@@ -234,7 +278,7 @@ def run_method_contract(
     step_kwargs: Mapping[str, Any] | None = None,
     head_widths: Sequence[int] | None = None,
 ) -> None:
-    """Runs checks 1–3 of the module docstring.
+    """Runs checks 1–4 of the module docstring.
 
     Args:
         method: the `SSLModel` subclass (or its registry name).
@@ -254,6 +298,7 @@ def run_method_contract(
     model = build_tiny(method, {**kwargs, **(step_kwargs or {})}, head_widths=head_widths)
     check_train_step(model, reference_loss, images)
     check_save_load(model, tmp_path, images)
+    check_resume(method, kwargs, tmp_path, head_widths=head_widths)
 
 
 # ------------------------------------------------------------------- 2 replicas = 1 device
