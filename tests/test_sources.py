@@ -4,7 +4,6 @@ user errors."""
 from __future__ import annotations
 
 import gzip
-import shutil
 import struct
 from pathlib import Path
 
@@ -300,10 +299,6 @@ def test_folder_errors(tmp_path):
     _png(tmp_path / "a" / "0.png", 1)
     _png(tmp_path / "test" / "b" / "0.png", 1)
     with pytest.raises(UserError, match="test class 'b'"):
-        load_dataset(f"folder:{tmp_path}")
-    shutil.rmtree(tmp_path / "test")
-    (tmp_path / "a" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(UserError, match="broken.png"):
         load_dataset(f"folder:{tmp_path}")
 
 

@@ -12,7 +12,9 @@ environment variable library code reads, by design), then system folders such as
 ``/usr/share/datasets/fashion-mnist`` (package ``dataset-fashion-mnist``).
 
 Images that must change size are centre-cropped to a square and resized by
-`kerassl.data.preprocess`, the preprocessing the exported model runs too.
+`kerassl.data.preprocess`, the preprocessing the exported model runs too. Unreadable files
+of a `folder:` dataset are skipped with one warning line and listed in `ImageData.skipped`;
+corrupt IDX or npz files are a `UserError` naming the file and what was expected.
 """
 
 from __future__ import annotations
@@ -102,6 +104,8 @@ class ImageData:
         class_names: one name per class index.
         preset: default augmentation preset, a key of `kerassl.data.presets.PRESETS`.
         source: human-readable origin of the arrays.
+        skipped: the files the loader left out as unreadable, each as "relative/path:
+            reason" (a `folder:` dataset's truncated or non-image files); () for the others.
     """
 
     name: str
@@ -112,6 +116,7 @@ class ImageData:
     class_names: list[str]
     preset: str
     source: str = field(default="")
+    skipped: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -323,4 +328,5 @@ def _image_data(name: str, arrays: Arrays) -> ImageData:
         class_names=arrays.class_names,
         preset=default_preset(name),
         source=source,
+        skipped=arrays.skipped,
     )

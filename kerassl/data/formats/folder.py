@@ -1,15 +1,37 @@
 """Image folders: `PATH/<class>/*.png|jpg` labeled, `PATH/*.png` and `PATH/unlabeled/`
 unlabeled, optional `PATH/test/<class>/`.
 
-PIL decodes (any format it reads, EXIF orientation applied); `kerassl.data.preprocess`
-crops, resizes and converts channels, as the exported model does. The dataset is RGB when
-any of its files is, and gray otherwise.
+What is read:
+
+- An image file is a file with a suffix of `IMAGE_SUFFIXES` (any case). A class is a
+  subfolder of PATH (other than `test` and `unlabeled`) holding at least one image file.
+- Hidden files (`.DS_Store`, macOS's `._x.png`) and `Thumbs.db`/`desktop.ini` are ignored
+  everywhere, as are folders inside the image folders.
+- PATH itself may hold other files (a README, `classes.txt`, a licence): only its image
+  files are read. In the image folders (`PATH/<class>/`, `PATH/unlabeled/`,
+  `PATH/test/<class>/`) every file is meant to be an image, so any other is skipped as
+  "no image suffix".
+- An image file that PIL cannot decode completely (the whole file is decoded, so a
+  truncated one is caught; PIL's `LOAD_TRUNCATED_IMAGES` is left False) is skipped with a
+  short reason: "not an image", "truncated", "cannot decode (PIL's message)", or "cannot
+  read (the system's message)" for a broken link or a file without read permission.
+
+Skipped files are listed in `Arrays.skipped` as "relative/path: reason", and announced by
+one warning line on stderr naming the first few. No readable image at all, or a class none
+of whose images is readable, is a `UserError`. A test folder with no readable image counts
+as no test split.
+
+Decoding: PIL, EXIF orientation applied; gray modes → 8-bit gray, 16-bit gray ("I;16") →
+its high byte (as libpng and the SavedModel's `tf.io.decode_image` do), 32-bit "I"/"F" →
+clipped to 0..255, every other mode (RGBA, palette with transparency, CMYK, …) → RGB, alpha
+dropped. `kerassl.data.preprocess` then crops, resizes and converts channels, as the
+exported model does. The dataset is RGB when any of its readable images is, gray otherwise.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,123 +41,236 @@ from kerassl.data.preprocess import resize_images
 from kerassl.errors import UserError
 
 DEFAULT_SIZE = 64
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+LAYOUT = "PATH/<class>/*.png|jpg (and optionally PATH/unlabeled/, PATH/test/<class>/)"
+_SYSTEM_FILES = {"thumbs.db", "desktop.ini"}
 _RESERVED_FOLDERS = {"test", "unlabeled"}
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "F"}
 _DECODE_CHUNK = 64  # full-size images held in memory at once
+_NAMED = 3  # skipped files named in a message
+
+
+class _Unreadable(Exception):
+    """A file that yields no image; the message is the reason."""
 
 
 def load_folder(name: str, root: Path, image_size: int | None) -> Arrays:
     """Reads the images under `root`, resized to `image_size` (default `DEFAULT_SIZE`).
 
+    Unreadable files are skipped, listed in `Arrays.skipped` and announced by one line on
+    stderr (see the module docstring).
+
     Args:
         name: the dataset name, for messages.
         root: the dataset folder.
         image_size: side of the square images.
+
+    Raises:
+        UserError: no such folder, no class folder, a test class without a training
+            folder, no readable image, or a class with no readable image.
     """
     if not root.is_dir():
-        raise UserError(
-            f"{name}: no such directory {root}; pass folder:PATH with PATH/<class>/*.png"
-        )
-    class_dirs = [d for d in _class_folders(root, _RESERVED_FOLDERS) if _image_files(d)]
+        raise UserError(f"{name}: no such directory {root}; pass folder:PATH with {LAYOUT}")
+    class_dirs = [d for d in _subfolders(root, _RESERVED_FOLDERS) if _image_files(d)]
     if not class_dirs:
-        raise UserError(
-            f"{name}: no class subfolders with images in {root}; expected PATH/<class>/*.png|jpg "
-            "(and optionally PATH/unlabeled/, PATH/test/<class>/)"
-        )
+        raise UserError(f"{name}: no class subfolders with images in {root}; expected {LAYOUT}")
     class_names = [d.name for d in class_dirs]
-    files, labels = [], []
-    for label, folder in enumerate(class_dirs):
-        paths = _image_files(folder)
-        files += paths
-        labels += [label] * len(paths)
-    unlabeled = _image_files(root) + _image_files(root / "unlabeled")
-    files += unlabeled
-    labels += [-1] * len(unlabeled)
-    test_root = root / "test"
-    test_files, test_labels = [], []
-    if test_root.is_dir():
-        for folder in _class_folders(test_root, set()):
-            paths = _image_files(folder)
-            if paths and folder.name not in class_names:
-                raise UserError(
-                    f"{name}: test class {folder.name!r} has no training folder; "
-                    f"classes: {', '.join(class_names)}"
-                )
-            test_files += paths
-            test_labels += [class_names.index(folder.name)] * len(paths)
+    files, labels = _train_files(root, class_dirs)
+    test_files, test_labels = _test_files(name, root / "test", class_names)
     everything = files + test_files
-    channels = 1 if all(_mode(path) in _GRAY_MODES for path in everything) else 3
-    x_all = _read_images(everything, image_size or DEFAULT_SIZE, channels)
-    test_note = f", test from {test_root}" if test_files else ""
+    x_all, readable, failures = _read_images(everything, image_size or DEFAULT_SIZE)
+    skipped = tuple(f"{_relative(path, root)}: {reason}" for path, reason in failures)
+    if not readable.any():
+        raise UserError(
+            f"{name}: no readable image in {root} ({_listing(failures, root)}); expected {LAYOUT}"
+        )
+    y_all = np.asarray(labels + test_labels, np.int64)[readable]
+    n_train = int(readable[: len(files)].sum())
+    y_train = y_all[:n_train]
+    _check_classes(name, class_dirs, y_train, failures, root)
+    if failures:
+        _warn_skipped(failures, len(everything), root)
+    has_test = len(x_all) > n_train
+    test_note = f", test from {root / 'test'}" if has_test else ""
+    skip_note = f", {len(skipped)} unreadable files skipped" if skipped else ""
+    n_unlabeled = int(np.sum(y_train < 0))
     return Arrays(
-        x_train=x_all[: len(files)],
-        y_train=np.asarray(labels, np.int64),
-        x_test=x_all[len(files) :] if test_files else None,
-        y_test=np.asarray(test_labels, np.int64) if test_files else None,
+        x_train=x_all[:n_train],
+        y_train=y_train,
+        x_test=x_all[n_train:] if has_test else None,
+        y_test=y_all[n_train:] if has_test else None,
         class_names=class_names,
-        source=f"{root} (image folder, {len(unlabeled)} unlabeled{test_note})",
+        source=f"{root} (image folder, {n_unlabeled} unlabeled{test_note}{skip_note})",
+        skipped=skipped,
     )
 
 
-def _read_images(paths: list[Path], size: int, channels: int) -> np.ndarray:
-    """Decodes and preprocesses `paths` into uint8 [N, size, size, channels].
+def _train_files(root: Path, class_dirs: list[Path]) -> tuple[list[Path], list[int]]:
+    """The files of the class folders, then the unlabeled ones, and their labels (-1)."""
+    files, labels = [], []
+    for label, folder in enumerate(class_dirs):
+        paths = _folder_files(folder)
+        files += paths
+        labels += [label] * len(paths)
+    unlabeled = _image_files(root) + _folder_files(root / "unlabeled")
+    return files + unlabeled, labels + [-1] * len(unlabeled)
+
+
+def _test_files(name: str, test_root: Path, class_names: list[str]) -> tuple[list[Path], list[int]]:
+    """The files of `test_root/<class>/` and their labels; nothing without `test_root`."""
+    files, labels = [], []
+    if not test_root.is_dir():
+        return files, labels
+    for folder in _subfolders(test_root, set()):
+        if not _image_files(folder):
+            continue
+        if folder.name not in class_names:
+            raise UserError(
+                f"{name}: test class {folder.name!r} has no training folder; "
+                f"classes: {', '.join(class_names)}"
+            )
+        paths = _folder_files(folder)
+        files += paths
+        labels += [class_names.index(folder.name)] * len(paths)
+    return files, labels
+
+
+def _check_classes(
+    name: str,
+    class_dirs: list[Path],
+    y_train: np.ndarray,
+    failures: list[tuple[Path, str]],
+    root: Path,
+) -> None:
+    """Raises a `UserError` naming the class folders without a readable training image."""
+    empty = [folder for label, folder in enumerate(class_dirs) if not np.any(y_train == label)]
+    if empty:
+        lost = [(path, reason) for path, reason in failures if path.parent in empty]
+        raise UserError(
+            f"{name}: no readable image in class folder {', '.join(map(str, empty))} "
+            f"({_listing(lost, root)}); fix or remove these files"
+        )
+
+
+def _warn_skipped(failures: list[tuple[Path, str]], total: int, root: Path) -> None:
+    """The one warning line on stderr for the skipped files."""
+    files = "file" if len(failures) == 1 else "files"
+    print(
+        f"kerassl: warning: skipped {len(failures)} unreadable {files} of {total:,} in {root}: "
+        f"{_listing(failures, root)}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _listing(failures: list[tuple[Path, str]], root: Path) -> str:
+    """The first failures named: "a/x.png (truncated), b/y.txt (no image suffix), and 5 more"."""
+    named = [f"{_relative(path, root)} ({reason})" for path, reason in failures[:_NAMED]]
+    more = len(failures) - _NAMED
+    return ", ".join(named + ([f"and {more:,} more"] if more > 0 else []))
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _read_images(
+    paths: list[Path], size: int
+) -> tuple[np.ndarray, np.ndarray, list[tuple[Path, str]]]:
+    """Decodes and preprocesses the readable `paths` into uint8 [K, size, size, C].
 
     Images are decoded a chunk at a time, and the images of a chunk that share a shape
-    are preprocessed as one batch.
+    are preprocessed as one batch. C is 1 until the first colour image, then 3.
+
+    Returns:
+        The images of the readable paths in their order, a bool mask of the readable paths,
+        and (path, reason) for each of the others.
     """
-    out = np.empty((len(paths), size, size, channels), np.uint8)
+    out = np.empty((len(paths), size, size, 1), np.uint8)
+    readable = np.zeros(len(paths), bool)
+    failures = []
+    count = 0
     for start in range(0, len(paths), _DECODE_CHUNK):
-        decoded = [_decode(path) for path in paths[start : start + _DECODE_CHUNK]]
+        decoded = []
+        for index, path in enumerate(paths[start : start + _DECODE_CHUNK], start):
+            try:
+                decoded.append(_decode(path))
+                readable[index] = True
+            except _Unreadable as error:
+                failures.append((path, str(error)))
+        if out.shape[-1] == 1 and any(image.shape[-1] == 3 for image in decoded):
+            out = np.repeat(out, 3, axis=-1)  # gray → RGB repeats, as preprocess_images does
         rows_by_shape: dict[tuple[int, ...], list[int]] = {}
         for row, image in enumerate(decoded):
             rows_by_shape.setdefault(image.shape, []).append(row)
         for rows in rows_by_shape.values():
             batch = np.stack([decoded[row] for row in rows])
-            out[start + np.asarray(rows)] = resize_images(batch, size, channels)
-    return out
-
-
-@contextlib.contextmanager
-def _opened(path: Path) -> Iterator:
-    """`PIL.Image.open(path)`, any failure to read it raised as a `UserError`."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            yield image
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise UserError(f"{path}: cannot decode image ({error})") from None
-
-
-def _mode(path: Path) -> str:
-    """The PIL mode of an image file (reads its header only)."""
-    with _opened(path) as image:
-        return image.mode
+            out[count + np.asarray(rows)] = resize_images(batch, size, out.shape[-1])
+        count += len(decoded)
+    return out[:count], readable, failures
 
 
 def _decode(path: Path) -> np.ndarray:
-    """PIL decode → uint8 [H, W, 1] (gray modes) or [H, W, 3], EXIF-transposed."""
-    from PIL import ImageOps
+    """The whole image file decoded, EXIF-transposed: uint8 [H, W, 1] or [H, W, 3].
 
-    with _opened(path) as image:
-        image = ImageOps.exif_transpose(image)
-        gray = image.mode in _GRAY_MODES
-        pixels = np.asarray(image.convert("L" if gray else "RGB"), dtype=np.uint8)
-    return pixels[..., None] if gray else pixels
+    Raises:
+        _Unreadable: no image suffix, not an image, truncated, or undecodable.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise _Unreadable("no image suffix")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's remarks on what it recovers (bad EXIF, …)
+            with Image.open(path) as image:
+                image.load()  # decodes the whole file: a truncated one fails here
+                return _pixels(ImageOps.exif_transpose(image))
+    except UnidentifiedImageError:
+        raise _Unreadable("not an image") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise _Unreadable(_reason(error)) from None
+
+
+def _reason(error: Exception) -> str:
+    """A short reason for a decoding error of PIL or of the file system."""
+    if getattr(error, "strerror", None):  # the file system's: missing, permission, …
+        return f"cannot read ({error.strerror})"
+    message = str(error).strip()
+    return "truncated" if "truncated" in message.lower() else f"cannot decode ({message})"
+
+
+def _pixels(image) -> np.ndarray:
+    """A decoded PIL image → uint8 [H, W, 1] (gray modes) or [H, W, 3] (alpha dropped)."""
+    if image.mode.startswith("I;16"):
+        return (np.asarray(image) >> 8).astype(np.uint8)[..., None]
+    if image.mode in _GRAY_MODES:
+        return np.asarray(image.convert("L"))[..., None]
+    return np.asarray(image.convert("RGB"))
 
 
 def _image_files(folder: Path) -> list[Path]:
+    """The visible files of `folder` with an image suffix, sorted; [] without the folder."""
+    return [path for path in _folder_files(folder) if path.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """The visible entries of `folder` other than folders, sorted; [] without the folder."""
     if not folder.is_dir():
         return []
     return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES
+        path
+        for path in folder.iterdir()
+        if not path.is_dir()
+        and not path.name.startswith(".")
+        and path.name.lower() not in _SYSTEM_FILES
     )
 
 
-def _class_folders(folder: Path, reserved: set[str]) -> list[Path]:
+def _subfolders(folder: Path, reserved: set[str]) -> list[Path]:
+    """The visible subfolders of `folder` not named in `reserved`, sorted."""
     return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_dir() and p.name not in reserved and not p.name.startswith(".")
+        path
+        for path in folder.iterdir()
+        if path.is_dir() and path.name not in reserved and not path.name.startswith(".")
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kerassl.data.formats import Arrays, class_names
+from kerassl.data.formats import Arrays, checked_split, class_names
 from kerassl.data.preprocess import resize_images
 from kerassl.errors import UserError
 
@@ -38,12 +38,15 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     try:
         raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
     except FileNotFoundError:
         raise UserError(f"{path}: no such IDX file") from None
-    except (OSError, EOFError, zlib.error) as error:
-        raise UserError(f"{path}: corrupt gzip file ({error})") from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot read ({error.strerror or error})") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as error:
+            raise UserError(f"{path}: corrupt gzip file ({error})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
         raise UserError(
             f"{path}: not an IDX file (magic number 0x{raw[:4].hex() or '(empty)'}); expected "
@@ -116,6 +119,7 @@ def _find_idx_file(folder: Path, stem: str) -> Path | None:
 
 
 def _read_idx_pair(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The checked images and labels of `prefix` (`train`, `t10k`); None without either file."""
     images_path = _find_idx_file(folder, f"{prefix}-images")
     labels_path = _find_idx_file(folder, f"{prefix}-labels")
     if images_path is None and labels_path is None:
@@ -123,16 +127,6 @@ def _read_idx_pair(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray] |
     if images_path is None or labels_path is None:
         missing = f"{prefix}-{'images-idx3' if images_path is None else 'labels-idx1'}-ubyte[.gz]"
         raise UserError(f"{folder}: {missing} is missing (IDX images and labels come in pairs)")
-    images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise UserError(
-            f"{images_path}: expected uint8 images [N, H, W], got {images.dtype} {images.shape}"
-        )
-    if labels.ndim != 1 or len(labels) != len(images):
-        raise UserError(
-            f"{labels_path}: expected {len(images)} labels for {images_path.name}, "
-            f"got shape {labels.shape}"
-        )
-    if images.ndim == 3:
-        images = images[..., None]
-    return images, labels.astype(np.int64)
+    return checked_split(
+        folder, read_idx(images_path), read_idx(labels_path), images_path.name, labels_path.name
+    )
