@@ -1,9 +1,8 @@
 """kerassl's own pretraining checkpoint: everything a step-exact resume needs.
 
 Keras 3's `BackupAndRestore` restores only the epoch, saves neither `SeedGenerator` state
-nor callback state, and the data order restarts. kerassl's checkpoint is one file,
-`checkpoints/state.npz` in the run directory, written atomically (temporary name, then
-rename), holding:
+nor callback state, and the data order restarts. kerassl's checkpoint is one `.npz` file in
+the run's `checkpoints/`, written atomically (temporary name, then rename), holding:
 
 - every variable of the model (`model.variables`: encoder, head, MoCo's key encoder,
   queue and pointer, and the `SeedGenerator` states of the augmenter and MoCo's shuffle);
@@ -13,8 +12,14 @@ rename), holding:
 - the step, the history rows so far, and the seconds of training spent.
 
 The data order needs no state: epoch e's order is drawn from (seed, e) alone
-(`kerassl.data.pipeline.pretrain_dataset`). A state holding a NaN or an Inf is never
-written (`TrainingDiverged` instead), so the file on disk is always the last good state.
+(`kerassl.data.pipeline.pretrain_dataset`).
+
+A finite state can still be broken (weights blown up by a too-high learning rate, whose
+next loss is NaN), so a new checkpoint is first `state.next.npz` and becomes `state.npz`
+once the next step's loss — computed from exactly those weights — is finite. When the
+loss becomes NaN or Inf, the pending one is deleted and `state.npz` is the last good
+state; a killed run (nothing diverged) continues from the newest (`latest`). A state
+holding a NaN or an Inf is never written at all.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ import numpy as np
 from kerassl.checks import Every
 from kerassl.errors import RunFailed, UserError
 
-STATE = "state.npz"
+STATE = "state.npz"  # the last confirmed-good state
+PENDING = "state.next.npz"  # the newest state, until a finite loss confirms it
 _META = "__meta__"
 
 
@@ -136,9 +142,18 @@ def restore(model: keras.Model, path: Path) -> TrainingState:
     )
 
 
-def saved_step(path: Path) -> int:
-    """The step of the checkpoint at `path` (0 when there is none)."""
-    if not path.is_file():
+def latest(directory: Path) -> Path | None:
+    """The newest checkpoint of a `checkpoints/` folder, None when there is none."""
+    for name in (PENDING, STATE):
+        if (Path(directory) / name).is_file():
+            return Path(directory) / name
+    return None
+
+
+def saved_step(directory: Path) -> int:
+    """The step of the newest checkpoint in `directory` (0 when there is none)."""
+    path = latest(directory)
+    if path is None:
         return 0
     with np.load(path) as saved:
         return int(json.loads(str(saved[_META]))["step"])
@@ -200,7 +215,7 @@ class Checkpointer(keras.callbacks.Callback):
         state: TrainingState,
     ):
         super().__init__()
-        self.path = None if directory is None else Path(directory) / STATE
+        self.directory = None if directory is None else Path(directory)
         self.history_path = None if history_path is None else Path(history_path)
         self.every = every
         self.state = state
@@ -222,6 +237,9 @@ class Checkpointer(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.state.step += 1
         self._last_loss = (self.state.step, float((logs or {}).get("loss", math.nan)))
+        # `StopOnNonFinite` ran first: this step's loss, of the pending state's weights,
+        # is finite.
+        self._confirm()
         step, at = self._saved_at
         if self.every.due(self.state.step - step, time.monotonic() - at):
             self._save()
@@ -233,12 +251,21 @@ class Checkpointer(keras.callbacks.Callback):
         if self.history_path is not None:
             write_history(self.history_path, self.state.history)
 
+    def discard_pending(self) -> None:
+        """Deletes the state no finite loss confirmed (training diverged after it)."""
+        if self.directory is not None:
+            (self.directory / PENDING).unlink(missing_ok=True)
+
+    def _confirm(self) -> None:
+        if self.directory is not None and (self.directory / PENDING).is_file():
+            os.replace(self.directory / PENDING, self.directory / STATE)
+
     def _save(self) -> None:
         now = time.monotonic()
         self.state.seconds = self._seconds_before + (now - self._begun)
-        if self.path is not None:
+        if self.directory is not None:
             try:
-                save(self.model, self.path, self.state)
+                save(self.model, self.directory / PENDING, self.state)
             except NonFiniteState:
                 raise TrainingDiverged(
                     self.state.step, "a weight became NaN or Inf", self._last_loss

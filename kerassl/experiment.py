@@ -220,7 +220,7 @@ def _pretrain(plan, run_dir, verbose, strategy, writes) -> tuple[keras.Model, Tr
     config, data, split = plan.config, plan.data, plan.split
     keras.utils.set_random_seed(config.seed)
     strategy = strategy or tf.distribute.get_strategy()
-    saved = None if run_dir is None else run_dir / files.CHECKPOINTS / checkpoint.STATE
+    saved = None if run_dir is None else checkpoint.latest(run_dir / files.CHECKPOINTS)
     with strategy.scope():
         model = build_method(
             config,
@@ -231,11 +231,7 @@ def _pretrain(plan, run_dir, verbose, strategy, writes) -> tuple[keras.Model, Tr
             sync_bn=plan.sync_bn,
             jit_compile=plan.jit_compile,
         )
-        state = (
-            checkpoint.restore(model, saved)
-            if saved is not None and saved.is_file()
-            else TrainingState()
-        )
+        state = checkpoint.restore(model, saved) if saved is not None else TrainingState()
     writing = run_dir is not None and writes
     checkpointer = checkpoint.Checkpointer(
         run_dir / files.CHECKPOINTS if writing else None,
@@ -266,18 +262,22 @@ def _pretrain(plan, run_dir, verbose, strategy, writes) -> tuple[keras.Model, Tr
     # epochs after it follow in a second one.
     epoch, done = divmod(state.step, plan.steps_per_epoch)
     segments = [(epoch, epoch + 1, done), (epoch + 1, config.epochs, 0)] if done else []
-    for first, last, skip in segments or [(epoch, config.epochs, 0)]:
-        if first >= last:
-            continue
-        model.fit(
-            _pretrain_data(plan, first, last, skip),
-            initial_epoch=first,
-            epochs=last,
-            steps_per_epoch=plan.steps_per_epoch - skip,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,  # the dataset orders itself, from (seed, epoch)
-        )
+    try:
+        for first, last, skip in segments or [(epoch, config.epochs, 0)]:
+            if first >= last:
+                continue
+            model.fit(
+                _pretrain_data(plan, first, last, skip),
+                initial_epoch=first,
+                epochs=last,
+                steps_per_epoch=plan.steps_per_epoch - skip,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,  # the dataset orders itself, from (seed, epoch)
+            )
+    except TrainingDiverged:
+        checkpointer.discard_pending()
+        raise
     return model, state
 
 
@@ -476,7 +476,7 @@ def _write_run_header(
         "class_names": list(data.class_names),
         "augment": plan.preset,
         "source": data.source,
-        "skipped_files": list(getattr(data, "skipped", ())),
+        "skipped_files": list(data.skipped),
         "distribution": describe(strategy),  # what --strategy resolved to
         "versions": {
             "kerassl": __import__("kerassl").__version__,
@@ -496,7 +496,7 @@ def _steps_done(run_dir: RunDir, plan: Plan) -> int:
     checkpoint's."""
     if run_dir.has(files.ENCODER):
         return plan.total_steps
-    return checkpoint.saved_step(run_dir / files.CHECKPOINTS / checkpoint.STATE)
+    return checkpoint.saved_step(run_dir / files.CHECKPOINTS)
 
 
 def report(config: TrainConfig, metrics: dict) -> str:
