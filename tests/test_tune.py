@@ -214,9 +214,9 @@ def test_shipped_yaml_runs_with_overrides(tmp_path, trainings):
             [],
             "bad search space for cnn: learning_rate: min must be <= max",
         ),
-        ("model: cnn\nspace:\n  depth: [1, 2]\n", [], "unknown hyperparameter(s) depth"),
-        ("model: cnn\nmax_trial: 3\n", [], "unknown key(s) max_trial"),
-        ("model: cnn\n", ["--max-trials", "0"], "max_trials must be an integer >= 1"),
+        ("model: cnn\nspace:\n  depth: [1, 2]\n", [], "unknown hyperparameter depth; tunable: "),
+        ("model: cnn\nmax_trial: 3\n", [], "bad.yaml; did you mean max_trials? known: model, "),
+        ("model: cnn\nmax_trials: 0\n", [], "max_trials must be an integer >= 1; got 0"),
         ("model: cnn\n", ["--labels", "lots"], "labels must be"),
         ("model: cnn\nmodel: [\n", [], "is not valid YAML"),
         ("- cnn\n", [], "must be a mapping"),
@@ -248,3 +248,62 @@ def test_unknown_model_on_the_command_line_exits_2(tmp_path):
         "inceptionv3, simclr or give a .yaml search definition"
     ]
     assert "Traceback" not in result.stderr
+
+
+def _exit_code(argv: list[str]) -> int:
+    try:
+        return tune.main(argv)
+    except SystemExit as exit:  # argparse's usage errors
+        return exit.code
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every path under `folder` → its bytes (None for a folder)."""
+    return {
+        str(path.relative_to(folder)): None if path.is_dir() else path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+LABELS_ACCEPTED = "labels must be a total count such as 100 or a fraction of each class in (0, 1]"
+AT_LEAST_ONE = "must be an integer >= 1, got"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["densenet"], "unknown model 'densenet'; choose one of cnn, mlp, resnet50"),
+        (["cnn", "--tuner", "grid"], "unknown tuner 'grid'; choose one of random, bayesian"),
+        (["cnn", "--max-trials", "0"], f"argument --max-trials: {AT_LEAST_ONE} '0'"),
+        (["cnn", "--max-trials", "ten"], f"argument --max-trials: {AT_LEAST_ONE} 'ten'"),
+        (["cnn", "--epochs", "1.5"], f"argument --epochs: {AT_LEAST_ONE} '1.5'"),
+        (["missing.yaml"], "cannot read search definition missing.yaml: No such file"),
+        (["typo.yaml"], "unknown key max_trial in typo.yaml; did you mean max_trials? known:"),
+        (["space.yaml"], "unknown hyperparameter learning_rat; did you mean learning_rate?"),
+        (["range.yaml"], "bad search space for cnn: dropout: step must be > 0. Received: step=0"),
+        (["cnn", "--labels", "0"], f"{LABELS_ACCEPTED} such as 0.1, got '0'"),
+        (["cnn", "--labels", "1.5"], f"{LABELS_ACCEPTED} such as 0.1, got '1.5'"),
+        (["cnn", "--labels", "0.0"], f"{LABELS_ACCEPTED} such as 0.1, got '0.0'"),
+        (["cnn", "--labels", "-0.2"], f"{LABELS_ACCEPTED} such as 0.1, got '-0.2'"),
+        (["cnn", "--dataset", "digits", "--labels", "5000"], "for labels=5000: class 0 has"),
+        (["cnn", "--dataset", "no_such_data"], "unknown dataset 'no_such_data': not a local form"),
+    ],
+)  # fmt: skip
+def test_bad_command_lines_exit_2_and_write_nothing(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    Path("typo.yaml").write_text("model: cnn\nmax_trial: 3\n")
+    Path("space.yaml").write_text("model: cnn\nspace:\n  learning_rat: [0.01]\n")
+    Path("range.yaml").write_text("model: cnn\nspace:\n  dropout: {min: 0, max: 0.5, step: 0}\n")
+    # Earlier searches where these commands would write by default.
+    for name in ("cnn-fashion_mnist", "cnn-digits"):
+        earlier = Path("tuning_runs", name)
+        (earlier / "tuner").mkdir(parents=True)
+        (earlier / "search.json").write_text('{"model": "cnn"}\n')
+        (earlier / "results.csv").write_text("trial,status\n0,COMPLETED\n")
+    before = _tree(tmp_path)
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kerassl: error: ") and err.count("\n") == 1
+    assert message in err
+    assert "Traceback" not in err
+    assert _tree(tmp_path) == before

@@ -16,7 +16,7 @@ from typing import Any
 from kerassl.checks import parse_weights
 from kerassl.errors import UserError
 from kerassl.methods import TUNABLE_METHODS
-from kerassl.tuning.spaces import DEFAULT_SPACES, SIMCLR_SPACE, parse_space
+from kerassl.tuning.spaces import DEFAULT_SPACES, SIMCLR_SPACE, parse_space, unknown_names
 
 TUNERS = ("random", "bayesian", "hyperband")
 # Supervised baselines with a HyperModel, then the SSL methods the registry marks tunable.
@@ -86,10 +86,7 @@ class SearchConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(values) - set(names))
         if unknown:
-            raise UserError(
-                f"unknown key(s) {', '.join(map(str, unknown))} in {source}; "
-                f"known: {', '.join(names)}"
-            )
+            raise UserError(unknown_names("key", unknown, names, f" in {source}"))
         values = dict(values)
         if values.get("labels") is not None:
             values["labels"] = str(values["labels"])

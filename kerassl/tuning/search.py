@@ -8,6 +8,10 @@ the validation examples carved from the labeled ones.
 Resuming: the tuner's state lives in `<out>/tuner/` and is reloaded (`overwrite=False`),
 so re-running the same search skips finished trials and re-runs only a trial that was
 interrupted. A larger `max_trials` extends a finished search.
+
+Distributed: under KerasTuner's `KERASTUNER_*` variables (`kerassl.tuning.distributed`)
+the chief runs no trial, serves the oracle, then writes the results as above; a worker runs
+trials and returns None. A search started alone resumes distributed, and back.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from kerassl.errors import UserError
-from kerassl.tuning import hypermodels
+from kerassl.tuning import distributed, hypermodels
 from kerassl.tuning.config import TUNERS, SearchConfig
 
 OBJECTIVE = "val_accuracy"
@@ -53,8 +57,9 @@ class SearchResult:
 
 
 class _TrialLog:
-    """Mixin for KerasTuner tuners: one printed line per finished trial, quiet otherwise,
-    and, for `SimCLRHyperModel`, trials that pretrain + probe instead of `model.fit`."""
+    """Mixin for KerasTuner tuners: one printed line per finished trial, quiet otherwise;
+    for `SimCLRHyperModel`, trials that pretrain + probe instead of `model.fit`; and, in
+    distributed mode, a chief that serves the oracle (`distributed.serve_oracle`)."""
 
     log: Callable[[str], None] = print
     trials_run = 0
@@ -66,12 +71,34 @@ class _TrialLog:
         self.hypermodel.values(hp)
         self.oracle.update_space(hp)
 
+    def _get_tuner_fname(self):
+        # Whatever KERASTUNER_TUNER_ID says, the process holding the oracle (alone or the
+        # chief) reloads it from tuner0.json: a search started alone resumes distributed
+        # and back. Workers keep their own (oracle-less) state apart.
+        name = f"worker-{self.tuner_id}" if self._is_worker() else "tuner0"
+        return os.path.join(str(self.project_dir), f"{name}.json")
+
+    def search(self, *fit_args, **fit_kwargs):
+        role = distributed.tuner_role()
+        if role.kind != "chief":
+            return super().search(*fit_args, **fit_kwargs)
+        # As KerasTuner's chief: no trial here, the oracle is served until the workers are done.
+        self.oracle.verbose = fit_kwargs.get("verbose", 1)
+        self.save()
+        distributed.serve_oracle(self.oracle, role.address, self._log_trial)
+
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
         self.trials_run += 1
+        # A worker's copy of the trial has no score: the chief's oracle scored it.
+        ended = self.oracle.get_trial(trial.trial_id)
+        self._log_trial(ended, self.tuner_id if self._is_worker() else None)
+
+    def _log_trial(self, trial, tuner_id: str | None = None) -> None:
         values = {k: _short(v) for k, v in trial.hyperparameters.values.items()}
         score = "failed" if trial.score is None else f"{OBJECTIVE}={trial.score:.4f}"
-        self.log(f"trial {trial.trial_id}: {score} {values}")
+        by = f" ({tuner_id})" if tuner_id else ""
+        self.log(f"trial {trial.trial_id}{by}: {score} {values}")
 
     def run_trial(self, trial, *args, **kwargs):
         if not isinstance(self.hypermodel, hypermodels.SimCLRHyperModel):
@@ -179,15 +206,18 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _check_resumable(config: SearchConfig, out: Path, overwrite: bool) -> None:
-    path = out / "search.json"
-    if overwrite or not path.exists():
-        return
+def _changed_settings(config: SearchConfig, out: Path) -> list[str]:
+    """The identity settings in which `config` differs from the search recorded in `out`
+    (none when `out` records no readable search)."""
     try:
-        previous = json.loads(path.read_text())
+        previous = json.loads((out / "search.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return
-    changed = sorted(k for k, v in config.identity().items() if previous.get(k) != v)
+        return []
+    return sorted(k for k, v in config.identity().items() if previous.get(k) != v)
+
+
+def _check_resumable(config: SearchConfig, out: Path, overwrite: bool) -> None:
+    changed = [] if overwrite else _changed_settings(config, out)
     if changed:
         raise UserError(
             f"{out} holds a search with other {', '.join(changed)}; resume it with the same "
@@ -208,12 +238,13 @@ def run_search(
     split: Any,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
-) -> SearchResult:
+) -> SearchResult | None:
     """Runs (or resumes) a search on the labeled examples; never sees the test split.
 
     Trials train on `x_train[split.labeled]` and are scored (`val_accuracy`) on
     `x_train[split.validation]`. Writes `search.json`, `results.csv`, `results.md`,
-    `best_hyperparameters.json` and `best_model.keras` to `config.output_dir()`.
+    `best_hyperparameters.json` and `best_model.keras` to `config.output_dir()`; on a
+    worker of a distributed search, runs trials only and returns None.
 
     Args:
         config: the validated search definition.
@@ -241,10 +272,10 @@ def run_ssl_search(
     plan: Any,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
-) -> SearchResult:
+) -> SearchResult | None:
     """Runs (or resumes) a SimCLR search on an `experiment.Plan` whose data holds no test
     images (`without_test`); each trial re-resolves it for its settings. The objective is
-    probe accuracy on `plan.split.validation`."""
+    probe accuracy on `plan.split.validation`. Returns None on a distributed worker."""
     if len(plan.data.x_test):
         raise ValueError("plan.data must not hold the test split; use without_test().")
     return _search(config, hypermodel, (plan,), {}, overwrite, log)
@@ -256,8 +287,12 @@ def without_test(data: Any) -> Any:
     return dataclasses.replace(data, x_test=np.zeros(shape, np.uint8), y_test=np.zeros(0, np.int64))
 
 
-def _search(config, hypermodel, args, kwargs, overwrite, log) -> SearchResult:
+def _search(config, hypermodel, args, kwargs, overwrite, log) -> SearchResult | None:
     _silence_tuner()
+    role = distributed.tuner_role()
+    if role.kind == "worker":
+        _work(config, hypermodel, args, kwargs, role, log)
+        return None
     out = config.output_dir()
     _check_resumable(config, out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -272,9 +307,12 @@ def _search(config, hypermodel, args, kwargs, overwrite, log) -> SearchResult:
         overwrite=overwrite,
         log=log,
     )
+    distributed.requeue_unfinished(tuner.oracle)
     done = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
     if done:
         log(f"resuming {out}: {done} finished trial(s) kept")
+    if role.kind == "chief":
+        log(f"chief: serving the oracle on {role.address}; the workers run the trials")
     tuner.search(*args, epochs=config.epochs, verbose=0, **kwargs)
     table = results_table(tuner)
     table.to_csv(out / "results.csv", index=False)
@@ -291,7 +329,7 @@ def _search(config, hypermodel, args, kwargs, overwrite, log) -> SearchResult:
         )
         + "\n"
     )
-    best_model = tuner.load_model(best_trial)
+    best_model = _load_best(tuner, best_trial)
     name = "best_encoder.keras" if config.model == "simclr" else "best_model.keras"
     best_model.save(out / name)
     return SearchResult(
@@ -300,4 +338,47 @@ def _search(config, hypermodel, args, kwargs, overwrite, log) -> SearchResult:
         best_score=float(best_trial.score),
         best_model=best_model,
         trials_run=tuner.trials_run,
+    )
+
+
+def _load_best(tuner: kt.Tuner, trial: Any) -> keras.Model:
+    """The best trial's model. Its trial folder holding nothing but the oracle's
+    trial.json is a `UserError`: the worker that ran it wrote elsewhere."""
+    folder = tuner.get_trial_dir(trial.trial_id)
+    if not set(os.listdir(folder)) - {"trial.json"}:
+        raise UserError(
+            f"best trial {trial.trial_id} left no model in {folder}; distributed workers "
+            "must write to the chief's output folder (a shared --out)"
+        )
+    return tuner.load_model(trial)
+
+
+def _work(config, hypermodel, args, kwargs, role: distributed.Role, log) -> None:
+    """A worker's share of a distributed search: trials from the chief until it has none.
+
+    Deletes nothing (`--overwrite` is the chief's) and writes no results; refuses to run
+    trials when the search the chief recorded in the output folder has other settings.
+    """
+    out = config.output_dir()
+    tuner = make_tuner(
+        config.tuner,
+        hypermodel,
+        out,
+        config.max_trials,
+        config.epochs,
+        seed=config.seed,
+        log=log,
+    )
+    tuner.oracle = distributed.PatientClient(tuner.oracle)
+    tuner.oracle.get_space()  # waits for the chief, which writes search.json before serving
+    changed = _changed_settings(config, out)
+    if changed:
+        raise UserError(
+            f"worker {role.tuner_id}: the chief's search in {out} has other "
+            f"{', '.join(changed)}; start the worker with the chief's settings"
+        )
+    tuner.search(*args, epochs=config.epochs, verbose=0, **kwargs)
+    log(
+        f"worker {role.tuner_id}: {tuner.trials_run} trial(s) run; the chief at "
+        f"{role.address} writes the results to {out}"
     )

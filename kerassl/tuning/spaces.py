@@ -13,6 +13,7 @@ definition before loading TensorFlow.
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 from collections.abc import Mapping
@@ -128,6 +129,17 @@ class Param:
         return value in self.values
 
 
+def unknown_names(what: str, unknown, known, where: str = "", known_as: str = "known") -> str:
+    """One line naming unknown names with the closest known ones, e.g. `unknown key
+    max_trial in a.yaml; did you mean max_trials? known: model, dataset, …`."""
+    unknown = sorted(map(str, unknown))
+    known = list(known)
+    close = [m[0] for name in unknown if (m := difflib.get_close_matches(name, known, n=1))]
+    noun = what if len(unknown) == 1 else f"{what}s"
+    hint = f" did you mean {', '.join(close)}?" if close else ""
+    return f"unknown {noun} {', '.join(unknown)}{where};{hint} {known_as}: {', '.join(known)}"
+
+
 def parse_space(defaults: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict:
     """Merges `overrides` into `defaults` (both name → spec) and parses every spec.
 
@@ -138,8 +150,7 @@ def parse_space(defaults: Mapping[str, Any], overrides: Mapping[str, Any] | None
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise ValueError(
-            f"unknown hyperparameter(s) {', '.join(unknown)}; "
-            f"tunable: {', '.join(sorted(defaults))}"
+            unknown_names("hyperparameter", unknown, sorted(defaults), known_as="tunable")
         )
     merged = {**defaults, **overrides}
     return {name: Param.parse(name, spec) for name, spec in merged.items()}
