@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from kerassl import catalog
 from kerassl.checks import RULES, parse_every, parse_weights, parse_widths
 from kerassl.errors import UserError
 
@@ -111,11 +112,31 @@ class TrainConfig:
         what spans several settings is checked here.
         """
         from kerassl.data.presets import get_preset
+        from kerassl.data.splits import parse_labels
         from kerassl.methods import get_method
 
         get_method(self.method)
         if self.augment is not None:
             get_preset(self.augment)
+        for kind, name, names in (
+            ("encoder", self.encoder, catalog.ENCODERS),
+            ("head", self.head, catalog.HEADS),
+            ("optimizer", self.optimizer.lower(), catalog.OPTIMIZERS),
+            ("baseline", self.baseline, (*catalog.CLASSIFIERS, "none")),
+            ("strategy", self.strategy, catalog.STRATEGIES),
+        ):
+            catalog.known(kind, name, names)
+        if self.weights is not None:
+            catalog.known("weights", self.weights, catalog.WEIGHTS)
+            if self.encoder not in catalog.PRETRAINED_ENCODERS:
+                raise UserError(
+                    f"--encoder {self.encoder} has no pretrained weights; use --weights none "
+                    f"or one of {', '.join(catalog.PRETRAINED_ENCODERS)}"
+                )
+        try:
+            parse_labels(self.labels)
+        except UserError as error:
+            raise UserError(f"--labels: {error}") from None
         for name, rule_name in _RULES_OF_FIELDS.items():
             value = getattr(self, name)
             if value is None and name in _OPTIONAL:

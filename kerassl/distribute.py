@@ -7,12 +7,11 @@ import os
 
 import tensorflow as tf
 
+from kerassl.catalog import STRATEGIES, known
 from kerassl.cluster import is_chief, slurm_workers, tf_config_workers
 from kerassl.errors import UserError
 
 __all__ = ["STRATEGIES", "describe", "is_chief", "make_strategy", "split_cpu"]
-
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
 
 def split_cpu(devices: int) -> None:
@@ -48,8 +47,7 @@ def make_strategy(kind: str = "auto") -> tf.distribute.Strategy:
     loading included). The multi-worker strategy is made once per process and returned
     again by later calls.
     """
-    if kind not in STRATEGIES:
-        raise UserError(f"unknown strategy {kind!r}; choose one of {', '.join(STRATEGIES)}")
+    known("strategy", kind, STRATEGIES)
     if kind == "auto":
         if tf_config_workers() > 1 or slurm_workers() > 1:
             kind = "multi_worker"

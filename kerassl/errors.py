@@ -47,7 +47,13 @@ def cli_entry(main):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with kerassl's error style: one line on stderr, exit code 2."""
+    """argparse whose errors are `UserError`s: one line on stderr, exit code 2, also for
+    a `main(argv)` called in-process. No abbreviated options: `--epoch 3` is an error, not
+    `--epochs 3` (nor, one day, a new `--epoch-something`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
-        self.exit(2, f"kerassl: error: {message} (see {self.prog} --help)\n")
+        raise UserError(f"{message} (see {self.prog} --help)")

@@ -7,14 +7,13 @@ python -m kerassl.export --verify export/fashion_simclr/1
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from kerassl.errors import UserError, cli_entry
+from kerassl.errors import ArgumentParser, UserError, cli_entry
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m kerassl.export",
         description="Export a finished run as a SavedModel in TF Serving's "
         "<out>/<name>/<version>/ layout (and update <out>/models.config), or verify one.",

@@ -12,6 +12,7 @@ import math
 import keras
 from keras import ops
 
+from kerassl.catalog import OPTIMIZERS, known
 from kerassl.errors import UserError
 
 # Substrings of the variable names excluded from weight decay by `make_optimizer`: biases and
@@ -174,9 +175,6 @@ class LARS(keras.optimizers.Optimizer):
         return config
 
 
-OPTIMIZERS = ("adam", "lars", "sgd")
-
-
 def make_optimizer(
     name: str,
     learning_rate,
@@ -205,8 +203,7 @@ def make_optimizer(
         UserError: unknown name or negative weight decay.
     """
     key = str(name).strip().lower()
-    if key not in OPTIMIZERS:
-        raise UserError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    known("optimizer", key, OPTIMIZERS)
     if not weight_decay >= 0:
         raise UserError(f"weight decay must be >= 0; got {weight_decay}")
     if key == "lars":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kerassl.data.pipeline import labeled_dataset, pretrain_dataset, to_float
+from kerassl.data.pipeline import labeled_dataset, pretrain_dataset, sampled_batches, to_float
 from kerassl.errors import UserError
 
 
@@ -48,8 +48,23 @@ def test_pretrain_dataset_shuffles_reproducibly():
     again = [ids(b.numpy()) for b in pretrain_dataset(x, 6, seed=1)]
     other = [ids(b.numpy()) for b in pretrain_dataset(x, 6, seed=2)]
     assert first == again and first != other
-    two_epochs = [ids(b.numpy()) for b in pretrain_dataset(x, 6, seed=1).repeat(2)]
+    two_epochs = [ids(b.numpy()) for b in pretrain_dataset(x, 6, seed=1, epochs=(0, 2))]
     assert two_epochs[:4] == first and two_epochs[4:] != first  # reshuffled each epoch
+    # Epoch 1 from step 2 on, alone (a resumed run): the batches the whole run had there.
+    resumed = [ids(b.numpy()) for b in pretrain_dataset(x, 6, seed=1, epochs=(1, 2), skip=2)]
+    assert resumed == two_epochs[6:]
+    capped = [ids(b.numpy()) for b in pretrain_dataset(x, 6, 1, (0, 2), steps_per_epoch=3)]
+    assert capped == first[:3] + two_epochs[4:7]  # each epoch its own order, cut short
+
+
+def test_sampled_batches_are_a_function_of_the_step():
+    x, y = images(10, size=4, channels=1), np.arange(10)
+    whole = [b[1].tolist() for b in sampled_batches(x, y, 4, seed=3).take(5).as_numpy_iterator()]
+    assert all(len(set(batch)) == 4 for batch in whole)  # distinct examples in a batch
+    later = sampled_batches(x, y, 4, seed=3, first_step=2).take(3).as_numpy_iterator()
+    assert [b[1].tolist() for b in later] == whole[2:]
+    other = sampled_batches(x, y, 4, seed=4).take(5).as_numpy_iterator()
+    assert [b[1].tolist() for b in other] != whole
 
 
 @pytest.mark.parametrize("batch_size", [21, 0])

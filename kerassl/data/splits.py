@@ -180,10 +180,11 @@ def label_split(y: np.ndarray, labels: int | float, seed: int, validation: float
     short = [(c, counts[c], len(members[c])) for c in counts if counts[c] > len(members[c])]
     if short:
         detail = ", ".join(
-            f"class {c} has {have} labeled examples, {want} asked" for c, want, have in short
+            f"class {c} has {have} labeled examples, {want} asked" for c, want, have in short[:3]
         )
+        more = f" (and {len(short) - 3} more classes)" if len(short) > 3 else ""
         raise UserError(
-            f"too few labeled examples for labels={labels}: {detail}; ask for fewer labels"
+            f"too few labeled examples for labels={labels}: {detail}{more}; ask for fewer labels"
         )
     chosen, held = [], []
     for c in classes:

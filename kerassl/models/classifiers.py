@@ -21,10 +21,10 @@ from typing import Any
 import keras
 from keras import layers
 
+from kerassl.catalog import CLASSIFIERS
 from kerassl.checks import UNIT_INTERVAL_OPEN, check, integer_at_least
 from kerassl.models.encoders import BN_MOMENTUM, application, small_cnn
 
-CLASSIFIERS = ("cnn", "cnn_deep", "mlp", "resnet50", "inceptionv3")
 TRANSFER = ("resnet50", "inceptionv3")
 
 # keras.applications "notop" ImageNet weight files, as Keras caches them.

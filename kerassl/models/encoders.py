@@ -11,11 +11,11 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from kerassl.catalog import ENCODERS, known
 from kerassl.errors import UserError
 
 BN_MOMENTUM = 0.9  # Keras' default 0.99 collapses networks trained on ~100 labeled images.
 
-ENCODERS = ("cnn", "resnet18", "resnet50", "inceptionv3")
 
 # keras.applications networks: (constructor, minimum input size, preprocessing mode).
 _APPLICATIONS = {
@@ -217,12 +217,11 @@ def build_encoder(
 
     Extra keyword arguments go to the builder (`filters`, `convs_per_block`, `width`, …).
     """
+    known("encoder", name, ENCODERS)
     if weights is not None and name not in _APPLICATIONS:
         raise UserError(f"encoder {name!r} has no pretrained weights; use --weights none")
     if name == "cnn":
         return small_cnn(input_shape, sync_bn=sync_bn, **kwargs)
     if name == "resnet18":
         return resnet18(input_shape, sync_bn=sync_bn, **kwargs)
-    if name in _APPLICATIONS:
-        return application(name, input_shape, weights=weights, **kwargs)
-    raise UserError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+    return application(name, input_shape, weights=weights, **kwargs)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from kerassl.errors import UserError
+from kerassl.catalog import HEADS, known
 from kerassl.models.encoders import BN_MOMENTUM
-
-HEADS = ("linear", "mlp", "deep_mlp")
 
 
 def build_head(
@@ -35,8 +33,7 @@ def build_head(
         batch_norm: BatchNorm after each hidden layer.
         sync_bn: synchronise BatchNorm statistics across replicas.
     """
-    if kind not in HEADS:
-        raise UserError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
+    known("head", kind, HEADS)
     for arg, value in (("output_dim", output_dim), ("hidden_dim", hidden_dim)):
         if value < 1:
             raise ValueError(f"{arg} must be >= 1. Received: {arg}={value}")
