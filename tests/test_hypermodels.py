@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import keras
 import keras_tuner as kt
 import numpy as np
@@ -86,8 +88,11 @@ def test_param_parse_rejects(spec, message):
 def test_parse_space_merges_and_rejects_unknown_names():
     space = parse_space({"a": [1, 2], "b": 0.5}, {"b": {"min": 0.1, "max": 0.9}})
     assert space["a"].values == (1, 2) and space["b"].kind == "float"
-    with pytest.raises(ValueError, match="unknown hyperparameter.*depth.*tunable: a, b"):
+    with pytest.raises(ValueError, match="^unknown hyperparameter depth; tunable: a, b$"):
         parse_space({"a": [1, 2], "b": 0.5}, {"depth": [1]})
+    close = "unknown hyperparameters batch, zzz; did you mean batch_size? tunable: batch_size, lr"
+    with pytest.raises(ValueError, match=f"^{re.escape(close)}$"):
+        parse_space({"batch_size": [16], "lr": 0.1}, {"zzz": 0.2, "batch": [8]})
 
 
 # ----------------------------------------------------------------- supervised HyperModels

@@ -4,6 +4,7 @@ InceptionV3 on a mocked Stanford Dogs, SimCLR tuning, and one-line errors."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -307,3 +308,30 @@ def test_bad_command_lines_exit_2_and_write_nothing(tmp_path, capsys, monkeypatc
     assert message in err
     assert "Traceback" not in err
     assert _tree(tmp_path) == before
+
+
+def test_usage_errors_come_before_tensorflow_loads(tmp_path):
+    (tmp_path / "typo.yaml").write_text("model: cnn\nmax_trial: 3\n")
+    script = """
+import sys
+from kerassl import tune
+for argv in (["densenet"], ["typo.yaml"], ["cnn", "--labels", "1.5"], ["cnn", "--tuner", "x"],
+             ["missing.yaml"], ["simclr", "--max-trials", "ten"]):
+    try:
+        code = tune.main(argv)
+    except SystemExit as exit:
+        code = exit.code
+    assert code == 2, (argv, code)
+print(sorted(m for m in ("tensorflow", "keras", "keras_tuner") if m in sys.modules))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[]\n"
+    assert result.stderr.count("kerassl: error: ") == 6

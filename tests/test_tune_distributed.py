@@ -2,8 +2,9 @@
 
 The end-to-end test runs `python -m kerassl.tune` as a chief and two workers on a free
 port of 127.0.0.1 (a 4-trial, 1-epoch CNN search on digits), SIGKILLs the chief once a
-trial has finished and restarts it with the same command while the workers keep going:
-the search finishes, every trial completes, and no trial that had finished is run again.
+trial has finished and both workers run others, and restarts it with the same command
+while the workers keep going: the search finishes, every trial completes, and no trial
+that had finished is run again.
 The rest are in-process: the environment checks, and the repairs that make a killed
 process resumable.
 """
@@ -115,17 +116,28 @@ class _Cluster:
                 process.wait()
 
 
-def _finished_trials(out: Path) -> dict[str, str]:
-    """trial id → the text of its trial.json, for every completed trial."""
-    finished = {}
+def _trial_files(out: Path) -> dict[str, dict]:
+    """trial id → {"status", "text"} of its trial.json (files being written are skipped)."""
+    trials = {}
     for path in out.glob("tuner/trial_*/trial.json"):
         try:
             text = path.read_text()
-            if json.loads(text)["status"] == "COMPLETED":
-                finished[path.parent.name.removeprefix("trial_")] = text
+            trials[path.parent.name.removeprefix("trial_")] = {
+                "status": json.loads(text)["status"],
+                "text": text,
+            }
         except (OSError, ValueError):
-            pass  # being written
-    return finished
+            pass
+    return trials
+
+
+def _mid_search(out: Path) -> dict[str, str] | None:
+    """The finished trials (id → trial.json text) once a trial has finished and both
+    workers run another one, else None."""
+    trials = _trial_files(out)
+    finished = {t: trial["text"] for t, trial in trials.items() if trial["status"] == "COMPLETED"}
+    running = [t for t, trial in trials.items() if trial["status"] == "RUNNING"]
+    return finished if finished and len(running) == 2 else None
 
 
 def test_killed_chief_resumes_and_no_finished_trial_runs_twice(tmp_path):
@@ -135,11 +147,14 @@ def test_killed_chief_resumes_and_no_finished_trial_runs_twice(tmp_path):
     try:
         chief = cluster.start("chief", "chief1")
         workers = [cluster.start(f"tuner{i}") for i in range(2)]
-        finished = cluster.wait_until(lambda: _finished_trials(out), deadline, "a trial")
+        finished = cluster.wait_until(lambda: _mid_search(out), deadline, "mid-search")
+        # Killed while both workers train (the chief idle): a chief killed while writing
+        # KerasTuner's oracle.json would leave it truncated, which no restart can read.
+        time.sleep(0.5)
         chief.send_signal(signal.SIGKILL)
         chief.wait()
+        assert not (out / "results.csv").exists()  # no worker wrote results
         del cluster.processes["chief1"]  # its exit code is the kill's
-        assert len(finished) < 4, "the search ended before the chief could be killed"
 
         chief = cluster.start("chief", "chief2")
         done = [chief, *workers]
@@ -170,6 +185,10 @@ def test_killed_chief_resumes_and_no_finished_trial_runs_twice(tmp_path):
     assert all(count <= 2 for count in runs.values()), runs  # in flight at the kill: may rerun
     for trial, text in finished.items():
         assert (out / "tuner" / f"trial_{trial}" / "trial.json").read_text() == text
+    # Each trial's folder holds its model; each worker's own state is apart.
+    assert all((out / "tuner" / f"trial_{t}" / "checkpoint.weights.h5").exists() for t in runs)
+    assert (out / "tuner" / "worker-tuner0.json").exists()
+    assert (out / "tuner" / "worker-tuner1.json").exists()
 
 
 BAD_PORT = "KERASTUNER_ORACLE_PORT must be a port number in 1-65535; got"
@@ -282,3 +301,27 @@ def test_best_trial_without_its_files_is_a_user_error(tmp_path):
     (tmp_path / "checkpoint.weights.h5").write_text("")
     tuner.load_model = lambda trial: f"model {trial.trial_id}"
     assert _load_best(tuner, _trial("0", "COMPLETED")) == "model 0"
+
+
+def test_worker_refuses_a_search_with_other_settings(tmp_path, monkeypatch):
+    from kerassl.errors import UserError
+    from kerassl.tuning import search
+    from kerassl.tuning.config import SearchConfig
+
+    out = tmp_path / "out"
+    out.mkdir()
+    chief = SearchConfig(model="cnn", dataset="digits", out=str(out))
+    (out / "search.json").write_text(json.dumps(chief.identity()))  # what the chief records
+    searched = []
+    tuner = SimpleNamespace(
+        oracle=SimpleNamespace(get_space=lambda: None), search=lambda *a, **k: searched.append(1)
+    )
+    monkeypatch.setattr(search, "make_tuner", lambda *args, **kwargs: tuner)
+    role = distributed.Role("worker", "tuner3", "10.0.0.1:8000")
+    worker = SearchConfig(model="cnn", dataset="digits", out=str(out), seed=1)
+    with pytest.raises(UserError, match="worker tuner3: the chief's search in .* has other seed"):
+        search._work(worker, None, (), {}, role, print)
+    assert searched == []
+    tuner.trials_run = 0
+    search._work(chief, None, (), {}, role, print)
+    assert searched == [1]
