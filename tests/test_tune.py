@@ -251,13 +251,6 @@ def test_unknown_model_on_the_command_line_exits_2(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def _exit_code(argv: list[str]) -> int:
-    try:
-        return tune.main(argv)
-    except SystemExit as exit:  # argparse's usage errors
-        return exit.code
-
-
 def _tree(folder: Path) -> dict[str, bytes | None]:
     """Every path under `folder` → its bytes (None for a folder)."""
     return {
@@ -302,7 +295,7 @@ def test_bad_command_lines_exit_2_and_write_nothing(tmp_path, capsys, monkeypatc
         (earlier / "search.json").write_text('{"model": "cnn"}\n')
         (earlier / "results.csv").write_text("trial,status\n0,COMPLETED\n")
     before = _tree(tmp_path)
-    assert _exit_code(argv) == 2
+    assert tune.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("kerassl: error: ") and err.count("\n") == 1
     assert message in err
@@ -317,10 +310,7 @@ import sys
 from kerassl import tune
 for argv in (["densenet"], ["typo.yaml"], ["cnn", "--labels", "1.5"], ["cnn", "--tuner", "x"],
              ["missing.yaml"], ["simclr", "--max-trials", "ten"]):
-    try:
-        code = tune.main(argv)
-    except SystemExit as exit:
-        code = exit.code
+    code = tune.main(argv)
     assert code == 2, (argv, code)
 print(sorted(m for m in ("tensorflow", "keras", "keras_tuner") if m in sys.modules))
 """

@@ -325,3 +325,16 @@ def test_worker_refuses_a_search_with_other_settings(tmp_path, monkeypatch):
     tuner.trials_run = 0
     search._work(chief, None, (), {}, role, print)
     assert searched == [1]
+
+
+def test_chief_refuses_a_port_in_use():
+    from kerassl.errors import UserError
+
+    with socket.socket() as busy:
+        # Like a running chief's gRPC server, which KerasTuner's would share the port with.
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        with pytest.raises(UserError, match=f"cannot serve the tuning oracle on {address}"):
+            distributed.serve_oracle(None, address, print)

@@ -112,11 +112,10 @@ def serve_oracle(
 
     KerasTuner's `oracle_chief.start_server`, except that it returns within `poll_seconds`
     of the last worker leaving (instead of 20 s), refuses an address already in use (gRPC
-    would share the port with a chief still running), and calls
-    `on_trial_end(trial)` as each trial ends. A trial ends once: a second end
-    is ignored, and only unfinished trials are handed out again (`requeue_unfinished`).
-    The search is over once a worker was told to stop and no trial is running nor any
-    worker still expected.
+    would share the port with a chief still running), and calls `on_trial_end(trial)` as
+    each trial ends. A trial ends once: a second end is ignored, and only unfinished
+    trials are handed out again (`requeue_unfinished`). The search is over once a worker
+    was told to stop and no trial is running nor any worker still expected.
 
     Raises:
         UserError: the address cannot be bound.
@@ -127,7 +126,9 @@ def serve_oracle(
 
     class Servicer(oracle_chief.OracleServicer):
         def CreateTrial(self, request, context):
-            requeue_unfinished(self.oracle)  # a worker that outlived the chief ended one
+            # Of the trials queued when the oracle was reloaded, workers that outlived the
+            # previous chief may have ended some since.
+            requeue_unfinished(self.oracle)
             return super().CreateTrial(request, context)
 
         def EndTrial(self, request, context):
