@@ -7,6 +7,8 @@ import http.client
 import io
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -314,33 +316,113 @@ def test_500_predicts_from_16_threads_without_errors(server, images):
 # --- CLI -------------------------------------------------------------------------------
 
 
-def test_serve_cli_starts_on_free_port_and_answers(export_dir):
+def start_cli(export_dir: Path, *options: str) -> tuple[subprocess.Popen, int]:
+    """Starts `python -m kerassl.serve export_dir --port 0 ...`; returns it and its port."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "kerassl.serve", str(export_dir), "--port", "0"]
+    command = [sys.executable, "-m", "kerassl.serve", str(export_dir), "--port", "0", *options]
     process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    for line in process.stdout:
+        if "listening on" in line:
+            url = line.split("listening on", 1)[1].strip()
+            assert url.startswith("http://127.0.0.1:")
+            return process, int(url.rstrip("/").rsplit(":", 1)[1])
+    process.kill()
+    raise AssertionError(f"server exited before listening: {process.communicate()[1][-2000:]}")
+
+
+def send_partial_predict(port: int, body: bytes, sent: int) -> socket.socket:
+    """Opens a connection and sends a predict request with only `sent` bytes of its body."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=60)
+    head = (
+        "POST /v1/models/ssl:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    connection.sendall(head.encode("ascii") + body[:sent])
+    return connection
+
+
+def wait_until_refused(port: int, timeout: float = 20.0) -> bool:
+    """True once connecting to `port` is refused (the listening socket is closed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_serve_cli_on_sigterm_answers_in_flight_requests_and_exits_0(export_dir):
+    process, port = start_cli(export_dir, "--poll-seconds", "0.5")
     try:
-        url = None
-        for line in process.stdout:
-            if "listening on" in line:
-                url = line.split("listening on", 1)[1].strip()
-                break
-        assert url and url.startswith("http://127.0.0.1:")
-        port = int(url.rstrip("/").rsplit(":", 1)[1])
-        client = Client(port)
-        status, body = client.call("GET", "/v1/models/baseline")
-        client.close()
+        idle = Client(port)  # a keep-alive connection that stays idle must not delay exit
+        status, body = idle.call("GET", "/v1/models/baseline")
         assert status == 200 and body["model_version_status"][0]["state"] == "AVAILABLE"
+        request = json.dumps(GOOD).encode()
+        in_flight = [send_partial_predict(port, request, len(request) // 2) for _ in range(3)]
+        time.sleep(1.0)  # the server has read their headers and waits for the bodies
+        process.send_signal(signal.SIGTERM)
+        assert wait_until_refused(port), "still accepting connections after SIGTERM"
+        assert process.poll() is None, "exited without waiting for in-flight requests"
+        for connection in in_flight:
+            connection.sendall(request[len(request) // 2 :])
+        for connection in in_flight:
+            response = http.client.HTTPResponse(connection)
+            response.begin()
+            answer = json.loads(response.read())
+            connection.close()
+            assert response.status == 200 and len(answer["predictions"]) == 1
+            assert response.getheader("Connection") == "close"
+        stdout, stderr = process.communicate(timeout=60)
+        assert process.returncode == 0, stderr[-2000:]
+        assert "stopped" in stdout and "still busy" not in stderr
+        assert idle.connection.sock.recv(1) == b""  # closed by the server
+        idle.close()
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
-def test_serve_cli_user_errors(tmp_path, capsys):
-    assert serve_cli.main([str(tmp_path / "missing")]) == 2
-    assert "does not exist" in capsys.readouterr().err
-    assert serve_cli.main([str(tmp_path)]) == 2
-    assert "no SavedModels" in capsys.readouterr().err
-    assert serve_cli.main([str(tmp_path), "--port", "70000"]) == 2
-    assert "--port" in capsys.readouterr().err
+def serve_error(argv: list[str], capsys) -> str:
+    """Runs `kerassl.serve.main(argv)` in-process; returns its stderr, asserting exit code 2
+    and exactly one line."""
+    code = serve_cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.endswith("\n"), err
+    return err
+
+
+def test_serve_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys, export_dir):
+    missing = tmp_path / "missing"
+    assert "does not exist" in serve_error([str(missing)], capsys)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert "is not a directory" in serve_error([str(a_file)], capsys)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert f"no SavedModels under '{empty}'" in serve_error([str(empty)], capsys)
+    assert "--port must be in 0..65535, got 70000" in serve_error(
+        [str(export_dir), "--port", "70000"], capsys
+    )
+    assert "--port: invalid int value: 'x'" in serve_error([str(export_dir), "--port", "x"], capsys)
+    for value in ("-1", "nan", "inf"):
+        err = serve_error([str(export_dir), "--poll-seconds", value], capsys)
+        assert f"(0 disables polling), got {float(value)}" in err
+    err = serve_error([str(export_dir), "--poll-seconds", "soon"], capsys)
+    assert "--poll-seconds: invalid float value: 'soon'" in err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        err = serve_error([str(export_dir), "--port", str(port)], capsys)
+    assert f"port {port} is in use; choose another --port" in err

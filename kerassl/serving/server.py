@@ -14,15 +14,21 @@ kerassl extensions (not in TF Serving): `GET /v1/models` lists the served models
 their kerassl metadata, and `GET /` serves a page predicting with every model side by side.
 
 Every version under `<base>/<name>/<numeric version>/` is loaded with
-`tf.saved_model.load` at start-up (`kerassl.serving.repository`); requests without a
-version use the highest. The request and response JSON is `kerassl.serving.rest`'s; this
-module is the HTTP side: routing, limits, status codes, the static page.
+`tf.saved_model.load` at start-up, and while serving the base directory is polled every
+`poll_seconds` for new and removed versions and models (`kerassl.serving.repository`, like
+TF Serving's `--file_system_poll_wait_seconds`); requests without a version use the highest
+loaded one. `shutdown()` then `drain()` stop the server gracefully: no new connections,
+in-flight requests answered, idle keep-alive connections closed. The request and response
+JSON is `kerassl.serving.rest`'s; this module is the HTTP side: routing, limits, status
+codes, the static page.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import re
+import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +39,7 @@ from kerassl.serving.repository import ModelRepository
 from kerassl.serving.rest import DEFAULT_MAX_IMAGE_PIXELS, RestError, parse_version, predict
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_POLL_SECONDS = 1.0  # TF Serving's --file_system_poll_wait_seconds default
 STATIC_DIR = Path(__file__).with_name("static")
 STATIC_FILES = {
     "index.html": "text/html; charset=utf-8",
@@ -47,8 +54,20 @@ _MODEL_URL = re.compile(
 
 
 class ServingHTTPServer(ThreadingHTTPServer):
-    """`ThreadingHTTPServer` holding a `ModelRepository` and request limits."""
+    """`ThreadingHTTPServer` holding a `ModelRepository`, request limits and its connections.
 
+    Args:
+        address: `(host, port)` to bind.
+        repository: the models served.
+        max_body_bytes: larger request bodies get 413.
+        max_image_pixels: larger encoded images get 413.
+        verbose: log every request to stderr.
+        poll_seconds: while `serve_forever` runs, `repository.refresh()` every this many
+            seconds; 0 never rescans.
+    """
+
+    # Handler threads are tracked (`drain` waits for them) but stay daemons, so a client
+    # stuck mid-request past the drain timeout cannot keep the process alive.
     daemon_threads = True
     allow_reuse_address = True
 
@@ -59,17 +78,70 @@ class ServingHTTPServer(ThreadingHTTPServer):
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         verbose: bool = False,
+        poll_seconds: float = DEFAULT_POLL_SECONDS,
     ):
         self.repository = repository
         self.max_body_bytes = max_body_bytes
         self.max_image_pixels = max_image_pixels
         self.verbose = verbose
+        self.poll_seconds = poll_seconds
+        self.draining = False
+        self._connections: dict[ServingRequestHandler, bool] = {}  # handler → busy
+        self._connections_changed = threading.Condition()
         super().__init__(address, ServingRequestHandler)
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/"
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serves until `shutdown()`, polling the repository meanwhile if `poll_seconds` > 0."""
+        stop = threading.Event()
+        poller = None
+        if self.poll_seconds > 0:
+            poller = threading.Thread(
+                target=self.repository.poll_forever,
+                args=(self.poll_seconds, stop),
+                name="kerassl-poll",
+                daemon=True,
+            )
+            poller.start()
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            stop.set()
+            if poller is not None:
+                poller.join()
+
+    def track(self, handler: ServingRequestHandler, busy: bool) -> bool:
+        """Records whether `handler`'s connection is mid-request; True once draining."""
+        with self._connections_changed:
+            self._connections[handler] = busy
+            return self.draining
+
+    def untrack(self, handler: ServingRequestHandler) -> None:
+        with self._connections_changed:
+            self._connections.pop(handler, None)
+            self._connections_changed.notify_all()
+
+    def drain(self, timeout: float) -> int:
+        """After `shutdown()`: stops accepting and lets open connections finish, for up to
+        `timeout` seconds.
+
+        The listening socket is closed, idle keep-alive connections are closed (as Go's
+        `http.Server.Shutdown` does: a connection is busy from the first line of a request
+        until its response is sent), and busy ones answer their request with
+        `Connection: close`. Returns the number of connections still open at the timeout.
+        """
+        self.socket.close()
+        with self._connections_changed:
+            self.draining = True
+            for handler, busy in self._connections.items():
+                if not busy:
+                    handler.close_idle()
+            self._connections_changed.wait_for(lambda: not self._connections, timeout)
+            return len(self._connections)
 
 
 class ServingRequestHandler(BaseHTTPRequestHandler):
@@ -86,7 +158,39 @@ class ServingRequestHandler(BaseHTTPRequestHandler):
         if self.server.verbose:
             super().log_message(format, *args)
 
+    # Connection tracking for `ServingHTTPServer.drain`: idle between requests, busy from
+    # the request line (`parse_request`) until the response is written.
+
+    def setup(self):
+        super().setup()
+        if self.server.track(self, busy=False):
+            self.close_idle()  # accepted just as draining began
+
+    def parse_request(self):
+        self.server.track(self, busy=True)
+        return super().parse_request()
+
+    def handle_one_request(self):
+        super().handle_one_request()
+        if self.server.track(self, busy=False):
+            self.close_connection = True
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            self.server.untrack(self)
+
+    def close_idle(self) -> None:
+        """Ends a connection waiting for its next request (its reader sees end of file)."""
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed by the client
+
     def _send(self, status: int, body: bytes, content_type: str) -> None:
+        if self.server.draining:
+            self.close_connection = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -228,18 +332,29 @@ def make_server(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     verbose: bool = False,
+    poll_seconds: float = DEFAULT_POLL_SECONDS,
 ) -> ServingHTTPServer:
     """Loads every model under `base_dir` and binds a server (port 0 picks a free port).
 
-    Call `serve_forever()` on the result (or `serve_in_thread`), `shutdown()` to stop.
+    A missing or empty `base_dir` or an address that cannot be bound is a UserError. Call
+    `serve_forever()` on the result (or `serve_in_thread`); `shutdown()` then
+    `drain(timeout)` to stop gracefully, `server_close()` to release the socket.
     """
     repository = ModelRepository(base_dir)
     try:
         return ServingHTTPServer(
-            (host, port), repository, max_body_bytes, max_image_pixels, verbose
+            (host, port), repository, max_body_bytes, max_image_pixels, verbose, poll_seconds
         )
     except OSError as error:
-        raise UserError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+        raise _listen_error(error, host, port) from None
+
+
+def _listen_error(error: OSError, host: str, port: int) -> UserError:
+    """The UserError for a failed bind of `(host, port)`."""
+    if error.errno == errno.EADDRINUSE:
+        return UserError(f"port {port} is in use; choose another --port")
+    reason = error.strerror or str(error)
+    return UserError(f"cannot listen on {host}:{port}: {reason}; check --host and --port")
 
 
 def serve_in_thread(server: ServingHTTPServer) -> threading.Thread:
