@@ -8,7 +8,8 @@ the run's `checkpoints/`, written atomically (temporary name, then rename), hold
   queue and pointer, and the `SeedGenerator` states of the augmenter and MoCo's shuffle);
 - the optimizer's variables, whose iteration count is also the learning-rate schedule's
   position;
-- the metric trackers, so that an epoch resumed mid-way reports the mean of all its steps;
+- the metric trackers, so that an epoch resumed mid-way reports the mean of all its steps
+  (on one replica; see `_metric_variables`);
 - the step, the history rows so far, and the seconds of training spent.
 
 The data order needs no state: epoch e's order is drawn from (seed, e) alone
@@ -87,11 +88,20 @@ def _state_variables(model: keras.Model) -> list:
     return _unique(list(model.variables) + list(model.optimizer.variables))
 
 
+def _metric_variables(model: keras.Model) -> list:
+    """The metric trackers' variables on one device. Under several replicas they are
+    per-replica partial sums whose read is a collective (the chief alone would hang), so
+    they are not kept there: a resumed epoch then reports the mean of its later steps."""
+    if model.distribute_strategy.num_replicas_in_sync > 1:
+        return []
+    return list(model.metrics_variables)
+
+
 def save(model: keras.Model, path: Path, state: TrainingState) -> None:
     """Writes the model's training state to `path` atomically; `NonFiniteState` (and
     nothing written) if a floating-point value is not finite."""
     arrays = [np.asarray(v.numpy()) for v in _state_variables(model)]
-    metrics = [np.asarray(v.numpy()) for v in model.metrics_variables]
+    metrics = [np.asarray(v.numpy()) for v in _metric_variables(model)]
     for array in arrays:
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             raise NonFiniteState(f"a weight of step {state.step} is NaN or Inf")
@@ -229,7 +239,7 @@ class Checkpointer(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if self.state.metrics:  # resumed mid-epoch: the epoch's running means go on
             for variable, value in zip(
-                self.model.metrics_variables, self.state.metrics, strict=True
+                _metric_variables(self.model), self.state.metrics, strict=True
             ):
                 variable.assign(value)
             self.state.metrics = []

@@ -156,5 +156,5 @@ def test_xla_setting():
     assert build_parser().parse_args(["simclr", "--no-xla"]).jit_compile == "off"
     assert step_jit_compile(True) and not step_jit_compile(False)
     assert not step_jit_compile("auto")  # no GPU here: the plain graph step is faster on CPU
-    with pytest.raises(UserError, match="--jit-compile must be auto, on or off"):
+    with pytest.raises(UserError, match="--xla must be auto, on or off"):
         TrainConfig(jit_compile="sometimes").validate()
