@@ -25,12 +25,15 @@ holding a NaN or an Inf is never written at all.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +43,11 @@ import numpy as np
 
 from kerassl.checks import Every
 from kerassl.errors import RunFailed, UserError
+
+# Set by SIGTERM within `stop_on_sigterm` while a `Checkpointer` trains (`_TRAINING`):
+# it then saves at the end of the step and stops the run.
+_STOP = threading.Event()
+_TRAINING = threading.Event()
 
 STATE = "state.npz"  # the last confirmed-good state
 PENDING = "state.next.npz"  # the newest state, until a finite loss confirms it
@@ -184,6 +192,27 @@ def write_history(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def _on_sigterm(*_) -> None:
+    if not _TRAINING.is_set():
+        raise KeyboardInterrupt("terminated")
+    _STOP.set()
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Within it, SIGTERM (SLURM's preemption notice, `kill`) makes a running pretraining
+    checkpoint at the end of its step and raise `KeyboardInterrupt`; outside pretraining
+    it raises `KeyboardInterrupt` at once. Main thread only."""
+    _STOP.clear()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _STOP.clear()
+        _TRAINING.clear()
+
+
 class StopOnNonFinite(keras.callbacks.Callback):
     """Raises `TrainingDiverged` as soon as the logged loss is NaN or Inf. Place it first
     in the callback list, so that no later callback checkpoints the broken state."""
@@ -205,6 +234,9 @@ class Checkpointer(keras.callbacks.Callback):
     """Saves the training state every `every` (steps or seconds) and at every epoch's
     end, and keeps history.csv (one row per finished epoch; a resumed run rewrites it
     from the checkpoint, so no epoch appears twice).
+
+    After a SIGTERM (`stop_on_sigterm`) it saves at the end of the current step and raises
+    `KeyboardInterrupt`: a preempted job loses nothing.
 
     Without a directory it writes nothing and only keeps `state` (steps, history rows,
     seconds) up to date: a worker that is not the chief, a run without a run directory.
@@ -231,10 +263,14 @@ class Checkpointer(keras.callbacks.Callback):
         self.state = state
 
     def on_train_begin(self, logs=None):
+        _TRAINING.set()
         self._last_loss = None
         self._begun = time.monotonic()
         self._seconds_before = self.state.seconds
         self._saved_at = (self.state.step, self._begun)
+
+    def on_train_end(self, logs=None):
+        _TRAINING.clear()
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.state.metrics:  # resumed mid-epoch: the epoch's running means go on
@@ -251,8 +287,10 @@ class Checkpointer(keras.callbacks.Callback):
         # is finite.
         self._confirm()
         step, at = self._saved_at
-        if self.every.due(self.state.step - step, time.monotonic() - at):
+        if _STOP.is_set() or self.every.due(self.state.step - step, time.monotonic() - at):
             self._save()
+        if _STOP.is_set():
+            raise KeyboardInterrupt(f"stopped at step {self.state.step}, checkpoint saved")
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}}

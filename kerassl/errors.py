@@ -39,8 +39,9 @@ def cli_entry(main):
         except RunFailed as error:
             print(f"kerassl: run failed: {error}", file=sys.stderr)
             return 1
-        except KeyboardInterrupt:
-            print("kerassl: interrupted", file=sys.stderr)
+        except KeyboardInterrupt as error:
+            detail = f" ({error})" if str(error) else ""
+            print(f"kerassl: interrupted{detail}", file=sys.stderr)
             return 130
 
     return wrapper

@@ -258,12 +258,12 @@ def _pretrain(plan, run_dir, verbose, strategy, writes) -> tuple[keras.Model, Tr
     if writing:
         # TensorBoard reads local values and runs no collective op: the chief's only.
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / files.LOGS), write_graph=False))
-    # A resumed epoch first finishes its remaining steps in a `fit` of its own; the
-    # epochs after it follow in a second one.
+    # (first epoch, last epoch, steps of the first already done): an epoch resumed
+    # mid-way first finishes its remaining steps in a `fit` of its own.
     epoch, done = divmod(state.step, plan.steps_per_epoch)
-    segments = [(epoch, epoch + 1, done), (epoch + 1, config.epochs, 0)] if done else []
+    segments = [(epoch, epoch + 1, done), (epoch + 1, config.epochs, 0)]
     try:
-        for first, last, skip in segments or [(epoch, config.epochs, 0)]:
+        for first, last, skip in segments if done else [(epoch, config.epochs, 0)]:
             if first >= last:
                 continue
             model.fit(

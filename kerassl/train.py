@@ -294,9 +294,11 @@ def main(argv=None) -> int:
         from kerassl.distribute import split_cpu
 
         split_cpu(args.cpu_devices)
-    from kerassl import experiment  # heavy imports (TensorFlow) after validation
+    from kerassl import checkpoint, experiment  # heavy imports (TensorFlow) after validation
 
-    run_dir, metrics = experiment.run(config, decision, verbose=0 if args.quiet else "auto")
+    # SIGTERM (SLURM's preemption notice, `kill`): checkpoint at the end of the step, exit 130.
+    with checkpoint.stop_on_sigterm():
+        run_dir, metrics = experiment.run(config, decision, verbose=0 if args.quiet else "auto")
     print(summary(config, metrics, run_dir))
     return 0
 

@@ -150,6 +150,25 @@ def test_other_settings_name_each_difference_and_change_nothing(runs, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
 
 
+def test_sigterm_checkpoints_at_the_end_of_the_step_and_exits_130(tmp_path):
+    """SLURM's preemption notice: nothing since the last checkpoint is lost."""
+    process = train_process(tmp_path, "r", "--checkpoint-every", "1000", "--baseline", "none")
+    checkpoints = tmp_path / "r" / "checkpoints"
+    # The first checkpoint is the end of epoch 0; the next periodic one would be far off.
+    while checkpoint.latest(checkpoints) is None:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    step = checkpoint.saved_step(checkpoints)
+    assert step > STEPS_PER_EPOCH and step % STEPS_PER_EPOCH  # saved by the SIGTERM
+    assert stderr.strip().splitlines()[-1] == (
+        f"kerassl: interrupted (stopped at step {step}, checkpoint saved)"
+    )
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
 # ----------------------------------------------------------------- the decision, TF-free
 
 
