@@ -39,9 +39,10 @@ def png_b64(image: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def start_server(export_dir: Path) -> tuple[subprocess.Popen, int]:
+def start_server(export_dir: Path, *options: str) -> tuple[subprocess.Popen, int]:
+    """Starts `python -m kerassl.serve export_dir --port 0 *options`; returns it and its port."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    command = [sys.executable, "-m", "kerassl.serve", str(export_dir), "--port", "0"]
+    command = [sys.executable, "-m", "kerassl.serve", str(export_dir), "--port", "0", *options]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     for line in process.stdout:
         if "listening on" in line:

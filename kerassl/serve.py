@@ -104,6 +104,7 @@ def check_port_free(host: str, port: int) -> None:
 
 def serve_until_sigterm(server) -> None:
     """Runs `server.serve_forever()` until SIGTERM, then drains in-flight requests."""
+    from kerassl.serving.repository import log
 
     def on_sigterm(signum, frame):
         # shutdown() waits for serve_forever, which runs in this (the main) thread.
@@ -114,14 +115,11 @@ def serve_until_sigterm(server) -> None:
         server.serve_forever()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print("kerassl serve: SIGTERM, finishing in-flight requests", flush=True)
+    log("SIGTERM, finishing in-flight requests")
     left = server.drain(SHUTDOWN_GRACE_SECONDS)
     if left:
-        print(
-            f"kerassl serve: {left} connection(s) still busy after {SHUTDOWN_GRACE_SECONDS:g} s",
-            file=sys.stderr,
-        )
-    print("kerassl serve: stopped", flush=True)
+        log(f"{left} connection(s) still busy after {SHUTDOWN_GRACE_SECONDS:g} s", error=True)
+    log("stopped")
 
 
 @cli_entry

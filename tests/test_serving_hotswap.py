@@ -3,7 +3,9 @@ picked up once complete, removed versions stop being served, and a soak under lo
 
 from __future__ import annotations
 
+import io
 import shutil
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -130,6 +132,35 @@ def test_removed_version_is_unloaded_but_a_request_holding_it_finishes(base):
     image = tf.io.encode_png(tf.zeros((16, 16, 1), tf.uint8))
     outputs = in_flight.signatures["serving_default"](image_bytes=tf.stack([image]))
     assert outputs["probabilities"].shape == (1, 10)
+
+
+def test_poller_keeps_loading_when_stdout_is_gone(base, shared_export, monkeypatch):
+    repository = ModelRepository(base)
+    gone = io.StringIO()
+    gone.close()  # a supervisor that closed the server's stdout
+    monkeypatch.setattr(sys, "stdout", gone)
+    stop = threading.Event()
+    poller = threading.Thread(target=repository.poll_forever, args=(POLL_SECONDS, stop))
+    poller.start()
+    try:
+        shutil.copytree(shared_export / "ssl" / "2", base / "ssl" / "2")
+
+        def loaded_2():
+            """ssl 2 loaded"""
+            return repository.get("ssl").version == 2
+
+        wait_until(loaded_2)
+        # Loaded only if the poller survived logging "version 2 loaded" to the closed stdout.
+        shutil.copytree(shared_export / "baseline" / "1", base / "baseline" / "1")
+
+        def loaded_baseline():
+            """baseline 1 loaded"""
+            return any(model["name"] == "baseline" for model in repository.listing()["models"])
+
+        wait_until(loaded_baseline)
+    finally:
+        stop.set()
+        poller.join()
 
 
 # --- the server polls: new models and versions, removals, over HTTP -----------------------

@@ -116,6 +116,15 @@ def version_fingerprint(version_dir: Path) -> tuple | None:
     return tuple(sorted(entries))
 
 
+def log(message: str, error: bool = False) -> None:
+    """Prints `kerassl serve: message` to stdout (stderr if `error`); a closed or full stream
+    (the supervisor went away) loses the line but never stops serving."""
+    try:
+        print(f"kerassl serve: {message}", file=sys.stderr if error else sys.stdout, flush=True)
+    except (OSError, ValueError):  # ValueError: the stream was closed
+        pass
+
+
 def check_base_dir(base_dir: str | Path) -> Path:
     """Returns `base_dir` as a Path if it is a directory, else UserError."""
     base_dir = Path(base_dir)
@@ -140,7 +149,7 @@ def load_version(name: str, version: int, path: Path, fingerprint: tuple) -> Ser
         )
     except Exception as error:  # noqa: BLE001  (a broken version is reported, not fatal)
         message = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
-        print(f"kerassl serve: cannot load {path}: {message}", file=sys.stderr, flush=True)
+        log(f"cannot load {path}: {message}", error=True)
         return ServableVersion(name, version, path, error=message, fingerprint=fingerprint)
 
 
@@ -242,14 +251,14 @@ class ModelRepository:
             try:
                 events = self.refresh()
             except OSError as error:
-                message = f"kerassl serve: cannot scan {self.base_dir}: {error}"
+                message = f"cannot scan {self.base_dir}: {error}"
                 if message != reported:
-                    print(message, file=sys.stderr, flush=True)
+                    log(message, error=True)
                 reported = message
                 continue
             reported = ""
             for event in events:
-                print(f"kerassl serve: {event}", flush=True)
+                log(event)
 
     def versions(self, name: str) -> dict[int, ServableVersion]:
         """Every version record of `name` (loaded, failed or unloaded), else 404."""

@@ -29,13 +29,12 @@ import errno
 import json
 import re
 import socket
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from kerassl.errors import UserError
-from kerassl.serving.repository import ModelRepository
+from kerassl.serving.repository import ModelRepository, log
 from kerassl.serving.rest import DEFAULT_MAX_IMAGE_PIXELS, RestError, parse_version, predict
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -211,7 +210,7 @@ class ServingRequestHandler(BaseHTTPRequestHandler):
             status, payload = error.status, {"error": error.message}
         except Exception as error:  # noqa: BLE001  (a bug answers 500 and the server lives on)
             status, payload = 500, {"error": f"internal error: {type(error).__name__}: {error}"}
-            print(f"kerassl serve: {self.command} {self.path}: {error!r}", file=sys.stderr)
+            log(f"{self.command} {self.path}: {error!r}", error=True)
         if isinstance(payload, tuple):  # static file
             self._send(status, *payload)
         else:
