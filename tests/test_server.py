@@ -313,6 +313,25 @@ def test_500_predicts_from_16_threads_without_errors(server, images):
     print(f"500 predicts from 16 threads in {elapsed:.2f} s")
 
 
+def test_64_clients_connecting_at_once_are_all_answered(server):
+    port = server.server_address[1]
+    start = threading.Barrier(64)
+
+    def connect_and_predict(_):
+        start.wait()
+        client = Client(port)
+        try:
+            return client.call("POST", "/v1/models/ssl:predict", GOOD)[0]
+        except OSError as error:  # a connection reset by an overflowing listen backlog
+            return repr(error)
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        statuses = list(pool.map(connect_and_predict, range(64)))
+    assert statuses == [200] * 64
+
+
 # --- CLI -------------------------------------------------------------------------------
 
 

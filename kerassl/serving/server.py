@@ -69,6 +69,9 @@ class ServingHTTPServer(ThreadingHTTPServer):
     # stuck mid-request past the drain timeout cannot keep the process alive.
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog of 5 resets connections when more clients
+    # connect at once (a pool of 16 starting up); the kernel caps this at somaxconn.
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(
         self,
