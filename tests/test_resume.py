@@ -16,7 +16,7 @@ from kerassl import checkpoint, resume
 from kerassl.config import TrainConfig
 from kerassl.train import main
 
-STEPS_PER_EPOCH, EPOCHS = 8, 3
+STEPS_PER_EPOCH, EPOCHS = 6, 2
 RUN = [
     "simclr",
     "--dataset",
@@ -30,7 +30,7 @@ RUN = [
     "--labels",
     "50",
     "--baseline-epochs",
-    "40",
+    "15",
     "--deterministic",
     "--quiet",
 ]
@@ -91,14 +91,43 @@ def runs(tmp_path_factory):
     in_baseline = not (killed / "metrics.json").exists()
     encoder_written = (killed / "encoder.keras").stat().st_mtime_ns
     third_stdout = finish(train_process(out, "killed", "--checkpoint-every", "3"))
-    finish(straight)
     return {
+        "straight_stdout": finish(straight),
         "out": out,
         "killed_at": killed_at,
         "in_baseline": in_baseline,
         "encoder_written": encoder_written,
         "third_stdout": third_stdout,
     }
+
+
+def test_an_uninterrupted_run_writes_the_whole_run_directory(runs):
+    assert "simclr + linear probe: top-1" in runs["straight_stdout"]
+    assert "supervised cnn baseline: top-1" in runs["straight_stdout"]
+    run = runs["out"] / "straight"
+    for name in [
+        "config.json",
+        "split.json",
+        "history.csv",
+        "encoder.keras",
+        "classifier.keras",
+        "baseline.keras",
+        "progress.json",
+        "metrics.json",
+        "report.md",
+        "augmentations.png",
+    ]:
+        assert (run / name).is_file(), name
+    assert any((run / "logs").iterdir())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["linear_probe"]["top1"] > 0.3  # 10 classes: chance is 0.1
+    assert 0.0 <= metrics["baseline"]["top1"] <= 1.0
+    assert metrics["dataset"]["num_labeled"] == 50
+    config = json.loads((run / "config.json").read_text())
+    assert config["class_names"] and config["image_size"] == 16 and config["channels"] == 1
+    assert config["settings"]["deterministic"] and config["changes"] == []
+    assert json.loads((run / "split.json").read_text())  # the labeled indices are recorded
+    assert history_epochs(run) == list(range(EPOCHS))
 
 
 def test_a_run_killed_mid_epoch_continues_to_the_uninterrupted_result(runs):
@@ -146,7 +175,7 @@ def test_other_settings_name_each_difference_and_change_nothing(runs, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "--epochs 5 (the run has 3)" in err and "--seed 4 (the run has 0)" in err
+    assert f"--epochs 5 (the run has {EPOCHS})" in err and "--seed 4 (the run has 0)" in err
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
 
 

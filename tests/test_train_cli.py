@@ -1,63 +1,11 @@
-"""The training CLI end to end, and its answers to bad input."""
+"""The training CLI for each method, and its answers to bad input. (SimCLR end to end,
+killed and continued: tests/test_resume.py; the sweep of bad inputs: tests/test_bad_inputs.py.)"""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from kerassl.train import main
-
-
-def test_simclr_on_digits_end_to_end(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "kerassl.train",
-        "simclr",
-        "--dataset",
-        "digits",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "64",
-        "--labels",
-        "50",
-        "--baseline-epochs",
-        "5",
-        "--out",
-        str(tmp_path),
-        "--run-name",
-        "run",
-        "--quiet",
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "simclr + linear probe: top-1" in done.stdout
-    assert "supervised cnn baseline: top-1" in done.stdout
-    run = tmp_path / "run"
-    for name in [
-        "config.json",
-        "split.json",
-        "history.csv",
-        "encoder.keras",
-        "classifier.keras",
-        "baseline.keras",
-        "metrics.json",
-        "report.md",
-        "augmentations.png",
-    ]:
-        assert (run / name).is_file(), name
-    assert any((run / "logs").iterdir())
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["linear_probe"]["top1"] > 0.3  # 10 classes: chance is 0.1
-    assert 0.0 <= metrics["baseline"]["top1"] <= 1.0
-    assert metrics["dataset"]["num_labeled"] == 50
-    config = json.loads((run / "config.json").read_text())
-    assert config["class_names"] and config["image_size"] == 16 and config["channels"] == 1
-    split = json.loads((run / "split.json").read_text())
-    assert split  # the exact labeled indices are recorded
-    assert (run / "history.csv").read_text().count("\n") == 3  # header + 2 epochs
 
 
 @pytest.mark.parametrize(
@@ -111,9 +59,7 @@ def test_unwritable_output_dir(tmp_path, capsys):
 
 
 def test_argparse_errors_are_one_line(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["simclr", "--epochs", "many"])
-    assert exit_info.value.code == 2
+    assert main(["simclr", "--epochs", "many"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("kerassl: error:") and "\n" not in err
 
