@@ -307,6 +307,8 @@ def test_export_cli_writes_next_version(gray_run, tmp_path, capsys):
     assert export_lib.existing_versions(out / "cli") == [1, 2]
     assert export_lib.read_export_metadata(out / "cli" / "2")["top_k"] == 2
     assert "--verify" in capsys.readouterr().out
+    # Readable by a server running as another user (not the staging directory's 0700).
+    assert (out / "cli" / "2").stat().st_mode & 0o777 == 0o755
 
 
 @pytest.mark.parametrize(

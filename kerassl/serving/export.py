@@ -282,6 +282,9 @@ def export_run(
         top_k=top_k,
     )
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=model_dir))
+    # mkdtemp makes it 0700, a mode the rename keeps: a TF Serving (or `kerassl serve`)
+    # running as another user could not read the version.
+    staging.chmod(0o755)
     try:
         tf.saved_model.save(module, str(staging), signatures=module.signatures())
         metadata = {
