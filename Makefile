@@ -26,7 +26,7 @@ data:
 	fi
 
 demo: $(VENV)/.installed data
-	$(PY) -m kerassl.train simclr --dataset fashion_mnist --labels 100 --epochs 2 --run-name demo-$$(date +%Y%m%d-%H%M%S)
+	$(PY) -m kerassl.train simclr --dataset fashion_mnist --labels 100 --time-budget 3m --run-name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(VENV)/.installed data
 	$(PY) -m pytest -q

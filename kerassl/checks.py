@@ -105,6 +105,14 @@ class Every:
         return seconds_since >= self.seconds
 
 
+def parse_duration(text: str) -> float:
+    """`"30s"`, `"5m"`, `"1.5h"` → seconds; `ValueError` unless a duration > 0."""
+    every = parse_every(text)
+    if every.seconds is None:
+        raise ValueError(f"a duration needs a unit (s, m or h), such as 5m. Received: {text!r}")
+    return every.seconds
+
+
 def parse_every(text: str) -> Every:
     """`"200"` → every 200 steps; `"30s"`, `"5m"`, `"1.5h"` → a duration. `ValueError`
     unless the number is > 0 (steps: an integer)."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kerassl import catalog
-from kerassl.checks import RULES, parse_every, parse_weights, parse_widths
+from kerassl.checks import RULES, parse_duration, parse_every, parse_weights, parse_widths
 from kerassl.errors import UserError
 
 # Config field → its rule in `kerassl.checks.RULES` (constructor argument names differ
@@ -89,6 +89,9 @@ class TrainConfig:
     # Linear warmup over the first epoch (all of a 1-epoch run). Capping it at a tenth of
     # short runs was worse: 1-epoch probe 71.2 ± 2.4 % vs 72.3 ± 0.8 % (3 seeds).
     warmup_epochs: float = 1.0
+    # Pretrain for a wall-clock budget ("5m"): the step count (and so the learning-rate
+    # schedule) comes from the step time measured after compilation; replaces --epochs.
+    time_budget: str | None = None
     # XLA for the whole train step: "auto" = only on a GPU (on CPU the plain graph step was
     # 1.35x faster, benchmarks/throughput.py); the two views are one XLA cluster regardless.
     jit_compile: bool | str = "auto"
@@ -154,6 +157,11 @@ class TrainConfig:
             )
         if self.jit_compile not in (True, False, "auto"):
             _reject("jit_compile", "auto, on or off", self.jit_compile)
+        if self.time_budget is not None:
+            try:
+                parse_duration(self.time_budget)
+            except ValueError:
+                _reject("time_budget", "a duration such as 90s, 5m or 1h", self.time_budget)
         try:
             parse_every(self.checkpoint_every)
         except ValueError:

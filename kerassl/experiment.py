@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import platform
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import tensorflow as tf
 from kerassl import checkpoint
 from kerassl import run_dir as files
 from kerassl.checkpoint import TrainingDiverged, TrainingState
-from kerassl.checks import parse_every
+from kerassl.checks import parse_duration, parse_every
 from kerassl.config import TrainConfig
 from kerassl.data.augment import make_augmenter
 from kerassl.data.pipeline import pretrain_dataset, sampled_batches
@@ -353,8 +354,11 @@ def run(
     chief = is_chief()
     run_dir, created = _open_run_dir(decision, chief)
     try:
+        budget = None
+        if config.time_budget is not None:
+            plan, budget = _budgeted(plan, run_dir, decision, strategy)
         if chief:
-            _write_run_header(run_dir, plan, strategy, decision)
+            _write_run_header(run_dir, plan, strategy, decision, config.to_json(), budget)
         return run_dir.path if chief else None, _run_stages(plan, run_dir, chief, strategy, verbose)
     except UserError:
         if created:
@@ -366,6 +370,75 @@ def run(
             f"{error}. {run_dir} is left unfinished at its last good checkpoint; continue "
             f"it with a lower learning rate: kerassl train --resume {run_dir} --lr {lower}"
         ) from None
+
+
+def measure_step_seconds(plan: Plan, strategy=None, steps: int = 5) -> tuple[float, float, float]:
+    """Seconds per pretraining step after compilation, on a throwaway model built as the
+    run's; the seconds of its first step (tracing and compilation, which the run's own
+    model spends again); and the seconds the measurement took in all."""
+    strategy = strategy or tf.distribute.get_strategy()
+    started = time.monotonic()
+    keras.utils.set_random_seed(plan.config.seed)
+    with strategy.scope():
+        model = build_method(
+            plan.config,
+            plan.data.image_shape,
+            plan.preset,
+            plan.total_steps,
+            num_classes=plan.data.num_classes,
+            sync_bn=plan.sync_bn,
+            jit_compile=plan.jit_compile,
+        )
+    batches = iter(_pretrain_data(plan, 0, 1, 0).repeat())
+
+    def step():
+        batch = next(batches)
+        if isinstance(batch, tuple):  # (images, (labeled images, labels)): the online probe
+            model.train_on_batch(*batch)
+        else:
+            model.train_on_batch(batch)
+
+    first = time.monotonic()
+    step()  # tracing and compilation
+    compiled = time.monotonic()
+    step()  # a first run of the compiled step
+    timed = time.monotonic()
+    for _ in range(steps):
+        step()
+    now = time.monotonic()
+    return (now - timed) / steps, compiled - first, now - started
+
+
+def _budgeted(plan: Plan, run_dir: RunDir, decision: Decision, strategy) -> tuple[Plan, dict]:
+    """The plan of a `--time-budget` run: as many steps as the budget holds at the measured
+    step time, less the measurement's own time and a second compilation, in epochs of at
+    most one pass; a continued run keeps the step count its config.json records."""
+    recorded = run_dir.read_json(files.CONFIG, {}) if decision.action == CONTINUE else {}
+    budget = recorded.get("time_budget")
+    if budget is None:
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise UserError(
+                "--time-budget is not supported on several workers yet (each would measure "
+                "its own step time); give --epochs"
+            )
+        seconds = parse_duration(plan.config.time_budget)
+        step_seconds, compile_seconds, spent = measure_step_seconds(plan, strategy)
+        budget = {
+            "seconds": seconds,
+            "step_seconds": round(step_seconds, 4),
+            "compile_seconds": round(compile_seconds, 1),
+            "measurement_seconds": round(spent, 1),
+            "steps": max(1, int((seconds - spent - compile_seconds) / step_seconds)),
+        }
+    steps, per_pass = budget["steps"], plan.steps_per_epoch
+    epochs = math.ceil(steps / per_pass)  # so that an epoch is at most one pass
+    config = dataclasses.replace(
+        plan.config,
+        epochs=epochs,
+        steps_per_epoch=max(1, steps // epochs),
+        warmup_epochs=min(plan.config.warmup_epochs, epochs),
+    )
+    return plan.with_config(config), budget
 
 
 def _open_run_dir(decision: Decision, chief: bool) -> tuple[RunDir, bool]:
@@ -449,10 +522,17 @@ def _run_stages(plan: Plan, run_dir: RunDir, chief: bool, strategy, verbose) -> 
 
 
 def _write_run_header(
-    run_dir: RunDir, plan: Plan, strategy: tf.distribute.Strategy, decision: Decision
+    run_dir: RunDir,
+    plan: Plan,
+    strategy: tf.distribute.Strategy,
+    decision: Decision,
+    settings: dict,
+    budget: dict | None,
 ) -> None:
     """config.json and split.json of a new run; for a continued one, checks that the data
-    still splits as it did, and records settings changed on `--resume`."""
+    still splits as it did, and records settings changed on `--resume`. `settings` are
+    the settings as given; `plan.config` the resolved ones (a `--time-budget` run's epochs
+    and steps per epoch)."""
     config, data = plan.config, plan.data
     split = plan.split.to_json(data.y_train, data.class_names)
     if decision.action == CONTINUE:
@@ -484,8 +564,9 @@ def _write_run_header(
             "keras": keras.__version__,
             "python": platform.python_version(),
         },
-        "settings": config.to_json(),
+        "settings": settings,
         "changes": changes,
+        "time_budget": budget,
     }
     run_dir.write_json(files.CONFIG, resolved)
     run_dir.write_json(files.SPLIT, split)

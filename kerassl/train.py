@@ -134,6 +134,12 @@ def build_parser() -> ArgumentParser:
         "--epochs", type=int, default=d.epochs, help="pretraining epochs (default %(default)s)"
     )
     g.add_argument(
+        "--time-budget",
+        help="pretrain for this wall-clock time (90s, 5m, 1h) instead of --epochs: the "
+        "step count and learning-rate schedule are set from the step time measured after "
+        "compilation (an equal-compute comparison); a resumed run keeps its step count",
+    )
+    g.add_argument(
         "--steps-per-epoch",
         type=int,
         help="cap steps per epoch (default: one pass over the unlabeled pool)",
