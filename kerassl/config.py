@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -211,9 +212,40 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
-    def load(cls, path: str) -> TrainConfig:
+    def load_settings(cls, path: str) -> dict[str, Any]:
+        """The settings of a YAML (or JSON) file for `--config`: a run's config.json (its
+        "settings"; the resolved and derived keys beside them are ignored) or a mapping of
+        settings. The run name is never taken over: a repeated run gets its own.
+
+        Raises:
+            UserError: unreadable file, not a mapping, or an unknown setting (with the
+                closest known name).
+        """
+        import yaml
+
         try:
             with open(path) as file:
-                return cls.from_json(json.load(file))
-        except (OSError, json.JSONDecodeError) as error:
-            raise UserError(f"cannot read config {path}: {error}") from None
+                text = file.read()
+            try:
+                values = json.loads(text)  # config.json; YAML would read 1e-06 as a string
+            except json.JSONDecodeError:
+                values = yaml.safe_load(text)
+        except (OSError, yaml.YAMLError) as error:
+            raise UserError(f"cannot read --config {path}: {error}".splitlines()[0]) from None
+        if not isinstance(values, dict):
+            raise UserError(f"--config {path} must hold a mapping of settings")
+        values = dict(values.get("settings", values))
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                raise UserError(f"unknown setting {key!r} in {path}{hint}")
+        values.pop("run_name", None)
+        for name, default in dataclasses.asdict(cls()).items():
+            if isinstance(default, float) and isinstance(values.get(name), str):
+                try:  # YAML 1.1 reads 1e-6 (no dot) as a string
+                    values[name] = float(values[name])
+                except ValueError:
+                    pass  # validate() names the setting and what it accepts
+        return values

@@ -9,7 +9,7 @@ from kerassl import resume
 from kerassl.config import TrainConfig
 from kerassl.data.presets import PRESETS
 from kerassl.data.registry import DATASET_FORMS
-from kerassl.errors import ArgumentParser, cli_entry
+from kerassl.errors import ArgumentParser, UserError, cli_entry
 from kerassl.methods import METHODS
 
 DATASET_HELP = "dataset to load: " + "; ".join(
@@ -250,6 +250,12 @@ def build_parser() -> ArgumentParser:
         "(checkpoints, models, metrics) and start the run afresh",
     )
     g.add_argument(
+        "--config",
+        metavar="FILE",
+        help="take the settings from a YAML or JSON file, such as a run's config.json (to "
+        "repeat the run; its name is not reused); options given on the command line win",
+    )
+    g.add_argument(
         "--checkpoint-every",
         default=d.checkpoint_every,
         help="save the pretraining state every N steps or every duration (30s, 5m, 1h) "
@@ -266,7 +272,7 @@ def build_parser() -> ArgumentParser:
 
 
 # Command-line options that are not `TrainConfig` settings.
-_NOT_SETTINGS = ("offline", "cpu_devices", "quiet", "resume", "overwrite")
+_NOT_SETTINGS = ("offline", "cpu_devices", "quiet", "resume", "overwrite", "config")
 
 
 def given_settings(parser: ArgumentParser, argv) -> set[str]:
@@ -283,15 +289,11 @@ def given_settings(parser: ArgumentParser, argv) -> set[str]:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    options = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
-    options["jit_compile"] = {"on": True, "off": False}.get(options["jit_compile"], "auto")
-    config = TrainConfig(**options, download=not args.offline)
+    given = given_settings(build_parser(), argv)
+    config = settings_of(args, given)
     config.validate()  # usage errors before TensorFlow loads
     config, decision = resume.decide(
-        config,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        given=given_settings(build_parser(), argv),
+        config, resume=args.resume, overwrite=args.overwrite, given=given
     )
     if decision.action == resume.DONE:
         print(f"run {decision.path} is finished (it has metrics.json): nothing to do")
@@ -307,6 +309,20 @@ def main(argv=None) -> int:
         run_dir, metrics = experiment.run(config, decision, verbose=0 if args.quiet else "auto")
     print(summary(config, metrics, run_dir))
     return 0
+
+
+def settings_of(args: argparse.Namespace, given: set[str]) -> TrainConfig:
+    """The settings of a command line: `--config FILE`'s, overridden by the options given
+    explicitly, else the defaults."""
+    options = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    options["jit_compile"] = {"on": True, "off": False}.get(options["jit_compile"], "auto")
+    options["download"] = not args.offline
+    if args.config is not None:
+        if args.resume is not None:
+            raise UserError("--config and --resume exclude each other")
+        loaded = TrainConfig.load_settings(args.config)
+        options = {**options, **loaded, **{k: options[k] for k in given if k in options}}
+    return TrainConfig(**options)
 
 
 def summary(config: TrainConfig, metrics: dict, run_dir) -> str:

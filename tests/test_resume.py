@@ -1,6 +1,7 @@
 """Runs that survive: kill and continue, what a re-run decides, NaN stops, determinism."""
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -336,3 +337,43 @@ def test_a_loss_that_diverges_stops_with_exit_1_and_the_run_goes_on_with_a_lower
     ]
     assert (run / "metrics.json").is_file()
     assert os.listdir(run).count("checkpoints") == 0
+
+
+# ------------------------------------------------------------------------ --config FILE
+
+
+def test_a_run_repeats_from_its_own_config_json(runs, capsys):
+    """A run's config.json as --config: the same settings (not the name); the command
+    line wins; the derived keys beside "settings" are ignored."""
+    from kerassl.train import build_parser, given_settings, settings_of
+
+    path = runs["out"] / "straight" / "config.json"
+    stored = TrainConfig.from_json(json.loads(path.read_text())["settings"])
+
+    def config(*argv):
+        argv = ["--config", str(path), *argv]
+        return settings_of(build_parser().parse_args(argv), given_settings(build_parser(), argv))
+
+    assert config() == dataclasses.replace(stored, run_name=None)
+    assert config("--epochs", "7", "--offline").epochs == 7
+    assert config("--offline").download is False and config().download is True
+
+
+def test_config_file_errors_are_one_line(tmp_path, capsys):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("dataset: digits\nepoch: 3\n")
+    assert main(["--config", str(typo)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"kerassl: error: unknown setting 'epoch' in {typo}; did you mean epochs?"
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    assert main(["--config", str(tmp_path / "list.yaml")]) == 2
+    assert "must hold a mapping of settings" in capsys.readouterr().err
+    assert main(["--config", str(tmp_path / "none.yaml")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_yaml_config_reads_exponents_as_numbers(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("dataset: digits\nlearning_rate: 3e-4\nweight_decay: 1e-6\n")
+    values = TrainConfig.load_settings(str(path))
+    assert values == {"dataset": "digits", "learning_rate": 3e-4, "weight_decay": 1e-6}
