@@ -27,7 +27,8 @@ def worker(args) -> dict:
     from kerassl import checkpoint
     from kerassl.config import TrainConfig
     from kerassl.data.pipeline import pretrain_dataset
-    from kerassl.experiment import build_method, prepare
+    from kerassl.plan import prepare
+    from kerassl.pretraining import build_method
 
     if args.deterministic:
         tf.config.experimental.enable_op_determinism()

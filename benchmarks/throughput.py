@@ -28,8 +28,8 @@ import tensorflow as tf  # noqa: E402
 
 from kerassl.config import TrainConfig  # noqa: E402
 from kerassl.data.augment import make_augmenter  # noqa: E402
-from kerassl.experiment import build_method  # noqa: E402
 from kerassl.models.base import SSLModel  # noqa: E402
+from kerassl.pretraining import build_method  # noqa: E402
 
 
 def matmul_flops(n: int = 2048, repeats: int = 20) -> float:

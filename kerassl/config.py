@@ -103,7 +103,7 @@ class TrainConfig:
     online_probe: bool = False  # linear probe trained alongside pretraining (probe_accuracy)
     seed: int = 0
     # Op determinism: two runs of one command (or a run killed and resumed) end with the
-    # same weights, at some cost in speed (README, "Resuming and determinism").
+    # same weights, at some cost in speed (README, "Runs that survive a kill").
     deterministic: bool = False
     checkpoint_every: str = "5m"  # steps ("200") or a duration ("30s", "5m", "1h")
     out: str = "runs"

@@ -1,10 +1,10 @@
-"""One training run end to end: resolve once → pretrain → evaluate → run directory.
+"""One training run end to end: plan → pretrain → evaluate → run directory, in stages.
 
-This is the layer the CLIs (`kerassl.train`, `kerassl.tune`) call. `prepare` validates a
-`TrainConfig`, loads the data and resolves everything a run derives from its settings into
-one `Plan` (split, unlabeled pool, augmentation preset, steps, replicas, XLA choice); the
-builders and `pretrain` take plain values from it. Method names come from the registry
-(`kerassl.methods`); the run directory's files are `kerassl.run_dir`'s.
+This is the layer the CLIs (`kerassl.train`, `kerassl.tune`) call. The run is resolved
+once into a `kerassl.plan.Plan`; pretraining is `kerassl.pretraining`'s; what to do with
+the run directory was decided by `kerassl.resume`; the directory's files are
+`kerassl.run_dir`'s. This module runs the stages, skipping those done, and writes the
+run's header, progress, report and metrics.
 """
 
 from __future__ import annotations
@@ -13,296 +13,25 @@ import dataclasses
 import json
 import math
 import platform
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from kerassl import checkpoint
 from kerassl import run_dir as files
-from kerassl.checkpoint import TrainingDiverged, TrainingState
-from kerassl.checks import parse_duration, parse_every
+from kerassl.checkpoint import TrainingDiverged
+from kerassl.checks import parse_duration
 from kerassl.config import TrainConfig
-from kerassl.data.augment import make_augmenter
-from kerassl.data.pipeline import pretrain_dataset, sampled_batches
-from kerassl.data.presets import label_flip
 from kerassl.data.preview import save_augmentation_grid
-from kerassl.data.registry import ImageData, load_dataset
-from kerassl.data.splits import Split, label_split, parse_labels
 from kerassl.distribute import describe, is_chief, make_strategy
 from kerassl.errors import RunFailed, UserError
 from kerassl.evaluation.features import extract_features
-from kerassl.evaluation.knn import KNNMonitor
 from kerassl.evaluation.probes import linear_probe
-from kerassl.methods import get_method
-from kerassl.models.encoders import build_encoder
-from kerassl.models.heads import build_head
-from kerassl.optimizers import WarmupCosine, make_optimizer
+from kerassl.plan import Plan, prepare
+from kerassl.pretraining import measure_step_seconds, pretrain_with_state
 from kerassl.resume import CONTINUE, DONE, Decision, decide
 from kerassl.run_dir import RunDir, open_run
-
-PROBE_BATCH = 64  # labeled images per step for the online probe (fewer when fewer exist)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A run resolved once: the data and every value derived from the settings.
-
-    Attributes:
-        config: the validated settings.
-        data: the dataset (uint8 arrays; the test split is only read by `evaluate`).
-        split: the labeled / validation indices into `data.x_train`.
-        pool: uint8 images used for pretraining (never test images).
-        preset: the resolved augmentation preset (`--augment`, else the dataset's).
-        label_flip: whether horizontal flips preserve labels under `preset` (the
-            supervised baseline augments its labeled images with them).
-        steps_per_epoch: pretraining steps per epoch.
-        replicas: replicas of the strategy the run trains under.
-        jit_compile: whether the whole train step is XLA-compiled.
-    """
-
-    config: TrainConfig
-    data: ImageData
-    split: Split
-    pool: np.ndarray
-    preset: str
-    label_flip: bool
-    steps_per_epoch: int
-    replicas: int
-    jit_compile: bool
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps_per_epoch * self.config.epochs
-
-    @property
-    def sync_bn(self) -> bool:
-        """Synchronised BatchNorm: statistics of the global batch under several replicas."""
-        return self.replicas > 1
-
-    def with_config(self, config: TrainConfig) -> Plan:
-        """The same data, split and pool resolved for other settings (a tuner trial)."""
-        return resolve(config, self.data, self.split, self.pool, self.replicas)
-
-
-def unlabeled_pool(x_train: np.ndarray, max_unlabeled: int | None, seed: int) -> np.ndarray:
-    """The pretraining images: all of `x_train`, or a seeded subsample of `max_unlabeled`."""
-    if not max_unlabeled or max_unlabeled >= len(x_train):
-        return x_train
-    rng = np.random.default_rng(seed)
-    return x_train[np.sort(rng.choice(len(x_train), max_unlabeled, replace=False))]
-
-
-def step_jit_compile(setting: bool | str, replicas: int = 1) -> bool:
-    """Whether to XLA-compile the whole train step. "auto": only on a GPU (on this project's
-    2-core CPU machine XLA made the SimCLR step 1.35x slower). Never across replicas: XLA
-    does not compile cross-replica collectives on CPU devices."""
-    if replicas > 1:
-        return False
-    if setting == "auto":
-        return bool(tf.config.list_logical_devices("GPU"))
-    return bool(setting)
-
-
-def resolve(
-    config: TrainConfig, data: ImageData, split: Split, pool: np.ndarray, replicas: int = 1
-) -> Plan:
-    """Derives the plan's values from validated settings and loaded data."""
-    if config.batch_size > len(pool):
-        raise UserError(
-            f"--batch-size {config.batch_size} is larger than the {len(pool)} unlabeled images "
-            f"of {config.dataset}; use at most {len(pool)}"
-        )
-    per_epoch = len(pool) // config.batch_size
-    preset = config.augment or data.preset
-    return Plan(
-        config=config,
-        data=data,
-        split=split,
-        pool=pool,
-        preset=preset,
-        label_flip=label_flip(preset),
-        steps_per_epoch=min(config.steps_per_epoch or per_epoch, per_epoch),
-        replicas=replicas,
-        jit_compile=step_jit_compile(config.jit_compile, replicas),
-    )
-
-
-def prepare(config: TrainConfig, replicas: int = 1) -> Plan:
-    """Validates the config, loads the data and resolves the run; every user error
-    surfaces here, before any file is written."""
-    config.validate()
-    data = load_dataset(config.dataset, config.data_dir, config.image_size, config.download)
-    split = label_split(data.y_train, parse_labels(config.labels), config.seed, config.validation)
-    pool = unlabeled_pool(data.x_train, config.max_unlabeled, config.seed)
-    return resolve(config, data, split, pool, replicas)
-
-
-def build_method(
-    config: TrainConfig,
-    input_shape,
-    preset: str,
-    total_steps: int,
-    num_classes: int = 0,
-    sync_bn: bool = False,
-    jit_compile: bool = False,
-):
-    """Builds and compiles the configured SSL method in the current strategy scope.
-
-    Args:
-        config: the settings (method, encoder, head, optimiser, the method's own).
-        input_shape: (height, width, channels) of the images.
-        preset: augmentation preset.
-        total_steps: pretraining steps (the learning-rate schedule's length).
-        num_classes: classes of the online probe when `config.online_probe`.
-        sync_bn: synchronised BatchNorm (several replicas).
-        jit_compile: XLA-compile the whole train step.
-    """
-    spec = get_method(config.method)
-    encoder = build_encoder(config.encoder, input_shape, weights=config.weights, sync_bn=sync_bn)
-    build_projector = spec.load_projector()
-    if build_projector is not None:
-        # The method's own projector (--projector-dims) takes the place of the --head options.
-        head = build_projector(encoder.output_shape[-1], config.projector_widths, sync_bn=sync_bn)
-    else:
-        head = build_head(
-            config.head,
-            encoder.output_shape[-1],
-            output_dim=config.projection_dim,
-            hidden_dim=config.hidden_dim,
-            sync_bn=sync_bn,
-        )
-    arguments = {argument: getattr(config, name) for name, argument in spec.arguments.items()}
-    model = spec.load()(
-        encoder,
-        head,
-        make_augmenter(preset, seed=config.seed),
-        probe_classes=num_classes if config.online_probe else 0,
-        name=spec.name,
-        **arguments,
-    )
-    warmup = int(round(config.warmup_epochs / config.epochs * total_steps))
-    schedule = WarmupCosine(config.learning_rate, total_steps=total_steps, warmup_steps=warmup)
-    optimizer = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay)
-    model.compile(optimizer=optimizer, jit_compile=jit_compile)
-    return model
-
-
-def pretrain(
-    plan: Plan,
-    run_dir: RunDir | None = None,
-    verbose="auto",
-    strategy: tf.distribute.Strategy | None = None,
-    writes: bool = True,
-) -> keras.Model:
-    """Pretrains the planned method on the unlabeled pool; returns the SSL model.
-
-    With a `run_dir`, pretraining continues from its checkpoint when there is one (step
-    exact: weights, optimizer, schedule, queue, seed states, data order) and, when
-    `writes`, checkpoints every `--checkpoint-every` and at each epoch's end and keeps
-    history.csv (`kerassl.checkpoint`). `writes=False` (workers other than the chief)
-    restores from the chief's directory but writes nothing.
-
-    `strategy` defaults to the current one; a multi-worker strategy must have been made
-    before any TensorFlow op ran (`run` makes it first), and `plan.replicas` must be its
-    replica count.
-
-    Raises:
-        TrainingDiverged: the loss became NaN or Inf (the last good checkpoint stays).
-    """
-    model, _ = _pretrain(plan, run_dir, verbose, strategy, writes)
-    return model
-
-
-def _pretrain(plan, run_dir, verbose, strategy, writes) -> tuple[keras.Model, TrainingState]:
-    config, data, split = plan.config, plan.data, plan.split
-    keras.utils.set_random_seed(config.seed)
-    strategy = strategy or tf.distribute.get_strategy()
-    saved = None if run_dir is None else checkpoint.latest(run_dir / files.CHECKPOINTS)
-    with strategy.scope():
-        model = build_method(
-            config,
-            data.image_shape,
-            plan.preset,
-            plan.total_steps,
-            num_classes=data.num_classes,
-            sync_bn=plan.sync_bn,
-            jit_compile=plan.jit_compile,
-        )
-        state = checkpoint.restore(model, saved) if saved is not None else TrainingState()
-    writing = run_dir is not None and writes
-    checkpointer = checkpoint.Checkpointer(
-        run_dir / files.CHECKPOINTS if writing else None,
-        run_dir / files.HISTORY if writing else None,
-        parse_every(config.checkpoint_every),
-        state,
-    )
-    # The guard first: nothing after it sees (or checkpoints) a non-finite loss.
-    callbacks = [checkpoint.StopOnNonFinite(state.step)]
-    if config.knn_every:
-        # kNN accuracy of the validation labels against the training labels: a label-free
-        # training signal users can watch (the test split stays unseen).
-        query = split.validation if len(split.validation) else split.labeled
-        callbacks.append(
-            KNNMonitor(
-                data.x_train[split.labeled],
-                data.y_train[split.labeled],
-                data.x_train[query],
-                data.y_train[query],
-                every=config.knn_every,
-            )
-        )
-    callbacks.append(checkpointer)
-    if writing:
-        # TensorBoard reads local values and runs no collective op: the chief's only.
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / files.LOGS), write_graph=False))
-    # (first epoch, last epoch, steps of the first already done): an epoch resumed
-    # mid-way first finishes its remaining steps in a `fit` of its own.
-    epoch, done = divmod(state.step, plan.steps_per_epoch)
-    segments = [(epoch, epoch + 1, done), (epoch + 1, config.epochs, 0)]
-    try:
-        for first, last, skip in segments if done else [(epoch, config.epochs, 0)]:
-            if first >= last:
-                continue
-            model.fit(
-                _pretrain_data(plan, first, last, skip),
-                initial_epoch=first,
-                epochs=last,
-                steps_per_epoch=plan.steps_per_epoch - skip,
-                callbacks=callbacks,
-                verbose=verbose,
-                shuffle=False,  # the dataset orders itself, from (seed, epoch)
-            )
-    except TrainingDiverged:
-        checkpointer.discard_pending()
-        raise
-    return model, state
-
-
-def _pretrain_data(plan: Plan, first: int, last: int, skip: int) -> tf.data.Dataset:
-    """The batches of epochs [first, last), without the first `skip` of `first`."""
-    config, data, split = plan.config, plan.data, plan.split
-    steps = plan.steps_per_epoch
-    dataset = pretrain_dataset(
-        plan.pool, config.batch_size, config.seed, (first, last), steps, skip
-    )
-    if config.online_probe:
-        # Each step also gets a batch of the labeled training examples (never validation
-        # or test images) for the online probe; `(images, (labeled_images, labels))`.
-        x, y = data.x_train[split.labeled], data.y_train[split.labeled]
-        size = min(PROBE_BATCH, len(x))
-        labeled = sampled_batches(x, y, size, config.seed, first_step=first * steps + skip)
-        dataset = tf.data.Dataset.zip(dataset, labeled)
-    # Several workers: every worker runs the same seeded pipeline, and DATA sharding (after
-    # Keras splits each global batch into per-replica batches) gives worker i the i-th slice
-    # of every global batch. Said explicitly: the pool is a tensor, not files, so AUTO would
-    # try FILE sharding first and fall back to DATA with a warning.
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options)
 
 
 def evaluate(plan: Plan, encoder: keras.Model) -> tuple[dict, keras.Model]:
@@ -372,43 +101,6 @@ def run(
         ) from None
 
 
-def measure_step_seconds(plan: Plan, strategy=None, steps: int = 5) -> tuple[float, float, float]:
-    """Seconds per pretraining step after compilation, on a throwaway model built as the
-    run's; the seconds of its first step (tracing and compilation, which the run's own
-    model spends again); and the seconds the measurement took in all."""
-    strategy = strategy or tf.distribute.get_strategy()
-    started = time.monotonic()
-    keras.utils.set_random_seed(plan.config.seed)
-    with strategy.scope():
-        model = build_method(
-            plan.config,
-            plan.data.image_shape,
-            plan.preset,
-            plan.total_steps,
-            num_classes=plan.data.num_classes,
-            sync_bn=plan.sync_bn,
-            jit_compile=plan.jit_compile,
-        )
-    batches = iter(_pretrain_data(plan, 0, 1, 0).repeat())
-
-    def step():
-        batch = next(batches)
-        if isinstance(batch, tuple):  # (images, (labeled images, labels)): the online probe
-            model.train_on_batch(*batch)
-        else:
-            model.train_on_batch(batch)
-
-    first = time.monotonic()
-    step()  # tracing and compilation
-    compiled = time.monotonic()
-    step()  # a first run of the compiled step
-    timed = time.monotonic()
-    for _ in range(steps):
-        step()
-    now = time.monotonic()
-    return (now - timed) / steps, compiled - first, now - started
-
-
 def _budgeted(plan: Plan, run_dir: RunDir, decision: Decision, strategy) -> tuple[Plan, dict]:
     """The plan of a `--time-budget` run: as many steps as the budget holds at the measured
     step time, less the measurement's own time and a second compilation, in epochs of at
@@ -430,15 +122,7 @@ def _budgeted(plan: Plan, run_dir: RunDir, decision: Decision, strategy) -> tupl
             "measurement_seconds": round(spent, 1),
             "steps": max(1, int((seconds - spent - compile_seconds) / step_seconds)),
         }
-    steps, per_pass = budget["steps"], plan.steps_per_epoch
-    epochs = math.ceil(steps / per_pass)  # so that an epoch is at most one pass
-    config = dataclasses.replace(
-        plan.config,
-        epochs=epochs,
-        steps_per_epoch=max(1, steps // epochs),
-        warmup_epochs=min(plan.config.warmup_epochs, epochs),
-    )
-    return plan.with_config(config), budget
+    return plan.with_steps(budget["steps"]), budget
 
 
 def _open_run_dir(decision: Decision, chief: bool) -> tuple[RunDir, bool]:
@@ -466,7 +150,7 @@ def _run_stages(plan: Plan, run_dir: RunDir, chief: bool, strategy, verbose) -> 
     if run_dir.has(files.ENCODER) and "pretrain" in progress:
         encoder = open_run(run_dir.path).load("encoder")
     else:
-        model, state = _pretrain(plan, run_dir, verbose, strategy, writes=chief)
+        model, state = pretrain_with_state(plan, run_dir, verbose, strategy, writes=chief)
         if chief:
             # Views from the model's own augmenter, drawn after training so that drawing
             # them does not move its random stream.

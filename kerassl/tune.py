@@ -161,7 +161,8 @@ def _classifier_search(config: SearchConfig, data, split, overwrite: bool) -> tu
 def _ssl_search(config: SearchConfig, data, split, overwrite: bool) -> tuple[Any, dict]:
     """(SearchResult, the best encoder's test-split probe metrics), or (None, {}) on a
     worker."""
-    from kerassl.experiment import evaluate, resolve, unlabeled_pool
+    from kerassl.experiment import evaluate
+    from kerassl.plan import resolve, unlabeled_pool
     from kerassl.tuning import search
     from kerassl.tuning.hypermodels import SimCLRHyperModel
 

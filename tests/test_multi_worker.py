@@ -186,7 +186,7 @@ def worker_main(out: Path, methods: list[str]) -> None:
 
     def dataset():
         # The global batch; Keras splits it into per-replica batches and DATA sharding gives
-        # worker i the i-th (as kerassl.experiment.pretrain does).
+        # worker i the i-th (as kerassl.pretraining.pretrain does).
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.DATA

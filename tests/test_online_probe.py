@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from kerassl.config import TrainConfig
-from kerassl.experiment import build_method
 from kerassl.optimizers import make_optimizer
+from kerassl.pretraining import build_method
 from kerassl.testing.method_contract import IMAGE_SHAPE, build_tiny
 from kerassl.testing.synthetic import tiny_images
 
@@ -28,7 +28,7 @@ def build(method: str, probe: bool, seed: int = 0):
 
 
 def probe_data(n: int = 32, batch_size: int = 16) -> tf.data.Dataset:
-    """`(images, (labeled_images, labels))` batches, as `experiment.pretrain` makes them."""
+    """`(images, (labeled_images, labels))` batches, as `pretraining.pretrain` makes them."""
     x, y = tiny_images(n, classes=4, dtype="float32")
     unlabeled = tf.data.Dataset.from_tensor_slices(x).batch(batch_size, drop_remainder=True)
     labeled = tf.data.Dataset.from_tensor_slices((x[:8], y[:8])).batch(8).repeat()

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from kerassl import experiment
+from kerassl import experiment, pretraining
 from kerassl.config import TrainConfig
+from kerassl.plan import prepare
 from kerassl.resume import CONTINUE, START, Decision
 from kerassl.run_dir import RunDir
 
@@ -16,11 +17,11 @@ def plan():
     config = TrainConfig(
         dataset="digits", batch_size=32, labels="50", time_budget="60s", knn_every=0
     )
-    return experiment.prepare(config)
+    return prepare(config)
 
 
 def test_the_step_time_is_measured_after_compilation(plan):
-    step, compile_seconds, spent = experiment.measure_step_seconds(plan, steps=2)
+    step, compile_seconds, spent = pretraining.measure_step_seconds(plan, steps=2)
     assert 0 < step < compile_seconds < spent  # the first (tracing) step costs most
 
 

@@ -95,7 +95,7 @@ def test_moco_and_barlow_twins_run_like_simclr(tmp_path, capsys, method, options
 def test_xla_setting():
     from kerassl.config import TrainConfig
     from kerassl.errors import UserError
-    from kerassl.experiment import step_jit_compile
+    from kerassl.plan import step_jit_compile
     from kerassl.train import build_parser
 
     assert build_parser().parse_args(["simclr"]).jit_compile == "auto"

@@ -3,7 +3,7 @@
 Each HyperModel maps `hp` onto the ordinary constructor arguments of
 `kerassl.models.classifiers.build_classifier` (or of a `TrainConfig` for SimCLR) and
 trains through the untuned code path (`kerassl.supervised.train_classifier`,
-`kerassl.experiment.pretrain`); nothing is built or trained here that a plain run does
+`kerassl.pretraining.pretrain`); nothing is built or trained here that a plain run does
 not build or train too. A HyperModel's `space` argument (name → range, list of choices or
 value; see `kerassl.tuning.spaces`) overrides entries of its `DEFAULT_SPACE`.
 
@@ -219,7 +219,7 @@ class SimCLRHyperModel(kt.HyperModel):
     validation split (the probe is trained on `split.labeled` features).
 
     `build(hp)` returns the trial's `TrainConfig` (not a model); `fit` pretrains with
-    `kerassl.experiment.pretrain` on the trial's `Plan` and probes. Use it with
+    `kerassl.pretraining.pretrain` on the trial's `Plan` and probes. Use it with
     `kerassl.tuning.search`, whose tuners run such trials.
 
     Args:
@@ -244,12 +244,12 @@ class SimCLRHyperModel(kt.HyperModel):
         return dataclasses.replace(self.base_config, method="simclr", **values)
 
     def fit(self, hp, config, plan, verbose: int = 0, **kwargs) -> dict[str, float]:
-        """Pretrains with `config` on `plan` (an `experiment.Plan` whose data holds no test
+        """Pretrains with `config` on `plan` (a `kerassl.plan.Plan` whose data holds no test
         images, re-resolved for the trial's settings), then returns
         `{"val_accuracy": probe accuracy}`."""
         from kerassl.evaluation.features import extract_features
         from kerassl.evaluation.probes import linear_probe
-        from kerassl.experiment import pretrain
+        from kerassl.pretraining import pretrain
 
         data, split = plan.data, plan.split
         model = pretrain(plan.with_config(config), verbose=verbose)

@@ -273,7 +273,7 @@ def run_ssl_search(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> SearchResult | None:
-    """Runs (or resumes) a SimCLR search on an `experiment.Plan` whose data holds no test
+    """Runs (or resumes) a SimCLR search on a `kerassl.plan.Plan` whose data holds no test
     images (`without_test`); each trial re-resolves it for its settings. The objective is
     probe accuracy on `plan.split.validation`. Returns None on a distributed worker."""
     if len(plan.data.x_test):
