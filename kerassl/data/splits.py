@@ -27,14 +27,14 @@ class Split:
         validation: sorted int64 indices carved from the chosen labeled examples for model
             selection (may be empty); disjoint from ``labeled``.
         seed: the seed that drew the split.
-        labels: the label budget it was drawn with (int total or float fraction).
+        labels: the label budget it was drawn with (int total, float fraction or "N/class").
         validation_fraction: the fraction of chosen labels moved to ``validation``.
     """
 
     labeled: np.ndarray
     validation: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     seed: int | None = None
-    labels: int | float | None = None
+    labels: int | float | str | None = None
     validation_fraction: float = 0.0
 
     @property
@@ -77,18 +77,44 @@ class Split:
 
 
 _INT = re.compile(r"^\+?\d+$")
+_PER_CLASS = re.compile(r"^\+?(\d+)\s*/\s*class$")
 
 
-def parse_labels(spec: str | int | float) -> int | float:
-    """Parses a label budget: ``"100"`` → 100 labels in total; ``"0.2"`` or ``"20%"`` → 0.2
-    of each class.
+@dataclass(frozen=True)
+class PerClass:
+    """A label budget of `count` labeled examples in every class (``"10/class"``)."""
+
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.count}/class"
+
+
+LabelBudget = int | float | PerClass
+
+
+def parse_labels(spec: str | int | float | PerClass) -> LabelBudget:
+    """Parses a label budget: ``"100"`` → 100 labels in total; ``"10/class"`` → 10 of each
+    class; ``"0.2"`` or ``"20%"`` → 0.2 of each class.
 
     Raises:
-        UserError: not a positive integer nor a fraction in (0, 1].
+        UserError: not a positive integer, a positive count per class nor a fraction in
+            (0, 1].
     """
-    accepted = "a total count such as 100 or a fraction of each class in (0, 1] such as 0.1"
+    accepted = (
+        "a total count such as 100, a count per class such as 10/class or a fraction of "
+        "each class in (0, 1] such as 0.1"
+    )
     if isinstance(spec, bool):
         raise UserError(f"labels must be {accepted}, got {spec!r}")
+    if isinstance(spec, PerClass):
+        spec = str(spec)
+    per_class = _PER_CLASS.match(str(spec).strip())
+    if per_class:
+        count = int(per_class.group(1))
+        if count < 1:
+            raise UserError(f"labels must be {accepted}, got {spec!r}")
+        return PerClass(count)
     if isinstance(spec, (int, np.integer)):
         value: int | float = int(spec)
     elif isinstance(spec, (float, np.floating)):
@@ -122,7 +148,7 @@ def _class_members(y: np.ndarray) -> dict[int, np.ndarray]:
     return {int(c): np.flatnonzero(y == c) for c in np.unique(y[y >= 0])}
 
 
-def label_split(y: np.ndarray, labels: int | float, seed: int, validation: float = 0.0) -> Split:
+def label_split(y: np.ndarray, labels: LabelBudget, seed: int, validation: float = 0.0) -> Split:
     """Draws a stratified, seeded label-scarce split of the training labels.
 
     Args:
@@ -130,7 +156,7 @@ def label_split(y: np.ndarray, labels: int | float, seed: int, validation: float
             chosen.
         labels: int N = N labels in total, spread evenly over the classes present (the
             remainder of N / num_classes goes to a seeded random subset of classes);
-            float f in (0, 1] = round(f * n_c) examples of each class c, at least 1.
+            `PerClass(n)`: n examples of every class; float f in (0, 1] = round(f * n_c) examples of each class c, at least 1.
         seed: seeds `np.random.default_rng`; same seed, same split.
         validation: fraction in [0, 1) of each class's chosen examples moved to the
             validation set (round half up, capped so that a class keeps at least one
@@ -152,7 +178,9 @@ def label_split(y: np.ndarray, labels: int | float, seed: int, validation: float
     y = np.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D. Received: shape={y.shape}")
-    if isinstance(labels, bool) or not isinstance(labels, (int, float, np.integer, np.floating)):
+    if isinstance(labels, bool) or not isinstance(
+        labels, (int, float, np.integer, np.floating, PerClass)
+    ):
         raise UserError(f"labels must be an int count or a float fraction, got {labels!r}")
     if not (0.0 <= validation < 1.0):
         raise UserError(f"validation fraction must be in [0, 1), got {validation!r}")
@@ -161,7 +189,10 @@ def label_split(y: np.ndarray, labels: int | float, seed: int, validation: float
         raise UserError("no labeled training examples to draw labels from (every label is -1)")
     rng = np.random.default_rng(seed)
     members = _class_members(y)
-    if isinstance(labels, (int, np.integer)):
+    if isinstance(labels, PerClass):
+        spec = str(labels)
+        counts = {int(c): labels.count for c in classes}
+    elif isinstance(labels, (int, np.integer)):
         total = spec = int(labels)
         if total < len(classes):
             raise UserError(

@@ -1,0 +1,124 @@
+"""What `kerassl evaluate` and `kerassl benchmark` are asked to do: protocols, label budgets,
+seeds and the protocols' settings, parsed and checked without TensorFlow.
+
+A bad value raises `UserError` before any model or data loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+from kerassl.checks import POSITIVE, Rule, integer_at_least
+from kerassl.data.splits import LabelBudget, PerClass, parse_labels
+from kerassl.errors import UserError
+
+# Evaluation protocols (`kerassl.evaluation.protocols`): frozen-feature protocols first.
+PROTOCOLS = ("linear", "mlp", "knn", "1nn", "finetune")
+FEATURE_PROTOCOLS = ("linear", "mlp", "knn", "1nn")
+
+_RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
+
+
+def _items(text: str | int | float, what: str) -> list[str]:
+    items = [item.strip() for item in str(text).split(",")]
+    if not items or any(not item for item in items):
+        raise UserError(f"{what} must be a comma-separated list; got {text!r}")
+    return items
+
+
+def parse_protocols(text: str) -> tuple[str, ...]:
+    """`"linear,knn"` → ("linear", "knn"), in the order given, without repeats."""
+    names = _items(text, "--protocol")
+    for name in names:
+        if name not in PROTOCOLS:
+            raise UserError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def parse_budgets(text: str | int | float) -> tuple[LabelBudget, ...]:
+    """`"1/class,100,0.1"` → (PerClass(1), 100, 0.1) (`kerassl.data.splits.parse_labels`)."""
+    budgets = []
+    for item in _items(text, "--labels"):
+        try:
+            budgets.append(parse_labels(item))
+        except UserError as error:
+            raise UserError(f"--labels: {error}") from None
+    return tuple(dict.fromkeys(budgets))
+
+
+def parse_seeds(text: str | int) -> tuple[int, ...]:
+    """`"0,1,2"` or `"0-4"` (inclusive) or `"3"` → the split seeds."""
+    seeds: list[int] = []
+    for item in _items(text, "--seeds"):
+        span = _RANGE.match(item)
+        if span:
+            first, last = int(span.group(1)), int(span.group(2))
+            if last < first:
+                raise UserError(f"--seeds range {item!r} ends before it starts")
+            seeds.extend(range(first, last + 1))
+        elif item.isdigit():
+            seeds.append(int(item))
+        else:
+            raise UserError(
+                f"--seeds must be integers >= 0 as a list (0,1,2) or a range (0-4); got {item!r}"
+            )
+    return tuple(dict.fromkeys(seeds))
+
+
+def budget_name(budget: LabelBudget) -> str:
+    """The label budget as written on the command line and in tables: 100, 10/class, 0.1."""
+    return str(budget) if isinstance(budget, PerClass) else f"{budget:g}"
+
+
+@dataclass(frozen=True)
+class ProtocolOptions:
+    """Settings of the protocols (the defaults are the field's usual ones).
+
+    Attributes:
+        knn_k: neighbours of the weighted kNN (Wu et al. 2018 use 200 on ImageNet; the
+            kNN monitors of SimCLR/MoCo/DINO code bases 20 on small sets).
+        knn_temperature: τ of its exp(s/τ) votes.
+        mlp_hidden: width of the MLP protocol's hidden layer (study A: 512).
+        max_epochs: most epochs of the trained protocols (mlp, finetune); early stopping on
+            the validation labels usually ends sooner.
+        patience: early-stopping patience in epochs.
+        fixed_epochs: epochs of a trained protocol when no validation labels remain (at
+            1/class): a fixed schedule instead of early stopping.
+        learning_rate: learning rate of the new head (mlp, finetune).
+        encoder_lr_scale: the fine-tuned encoder's learning rate as a fraction of the
+            head's (SimCLR fine-tunes the whole network at a lower rate).
+        batch_size: labeled images per step of the trained protocols.
+    """
+
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    mlp_hidden: int = 512
+    max_epochs: int = 200
+    patience: int = 20
+    fixed_epochs: int = 50
+    learning_rate: float = 1e-3
+    encoder_lr_scale: float = 0.1
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("knn_k", "mlp_hidden", "max_epochs", "patience", "fixed_epochs"):
+            _user_check(name, getattr(self, name), integer_at_least(1))
+        _user_check("batch_size", self.batch_size, integer_at_least(1))
+        for name in ("knn_temperature", "learning_rate"):
+            _user_check(name, getattr(self, name), POSITIVE)
+        if not 0 < self.encoder_lr_scale <= 1:
+            raise UserError(f"--encoder-lr-scale must be in (0, 1]; got {self.encoder_lr_scale}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _user_check(name: str, value, rule: Rule) -> None:
+    if not rule.holds(value):
+        raise UserError(f"{_flag(name)} must be {rule.accepted}; got {value}")
