@@ -14,6 +14,8 @@ HEADS = ("linear", "mlp", "deep_mlp")
 OPTIMIZERS = ("adam", "lars", "sgd")
 CLASSIFIERS = ("cnn", "cnn_deep", "mlp", "resnet50", "inceptionv3")  # supervised baselines
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+# SimCLR's NT-Xent similarity: cosine (the paper's) or the raw dot product (its Table 5).
+SIMILARITIES = ("cosine", "dot")
 
 
 def known(kind: str, name: str, names: tuple[str, ...]) -> str:

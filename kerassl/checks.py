@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kerassl import catalog
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -36,6 +38,10 @@ def integer_at_least(low: int) -> Rule:
     return Rule(lambda v: _is_int(v) and v >= low, f"an integer >= {low}")
 
 
+def one_of(names: tuple[str, ...]) -> Rule:
+    return Rule(lambda v: v in names, f"one of {', '.join(names)}")
+
+
 POSITIVE = Rule(lambda v: v > 0, "> 0")
 NON_NEGATIVE = Rule(lambda v: v >= 0, ">= 0")
 UNIT_INTERVAL_OPEN = Rule(lambda v: 0 <= v < 1, "in [0, 1)")
@@ -43,6 +49,7 @@ UNIT_INTERVAL_OPEN = Rule(lambda v: 0 <= v < 1, "in [0, 1)")
 # Argument name → rule. Config fields use the same rules (see `TrainConfig.validate`).
 RULES: dict[str, Rule] = {
     "temperature": POSITIVE,
+    "similarity": one_of(catalog.SIMILARITIES),
     "learning_rate": POSITIVE,
     "weight_decay": NON_NEGATIVE,
     "momentum": UNIT_INTERVAL_OPEN,

@@ -19,6 +19,7 @@ _RULES_OF_FIELDS = {
     "batch_size": "batch_size",
     "learning_rate": "learning_rate",
     "temperature": "temperature",
+    "similarity": "similarity",
     "weight_decay": "weight_decay",
     "validation": "validation",
     "image_size": "image_size",
@@ -73,6 +74,7 @@ class TrainConfig:
     projection_dim: int = 128
     hidden_dim: int = 512
     temperature: float = 0.2  # SimCLR/MoCo; 0.2 beat 0.5 on Fashion-MNIST (71.3 vs 70.8 % probe)
+    similarity: str = "cosine"  # SimCLR's NT-Xent: cosine, or dot (un-normalised, Table 5)
     # MoCo (He et al. 2020, v2: Chen et al. 2020)
     momentum: float = 0.99  # moving-average momentum m of the key encoder
     queue_size: int = 4096  # negative keys K (65536 in the paper; 4096 for small datasets)
@@ -117,7 +119,7 @@ class TrainConfig:
         """
         from kerassl.data.presets import get_preset
         from kerassl.data.splits import parse_labels
-        from kerassl.methods import get_method
+        from kerassl.methods import METHODS, get_method
 
         get_method(self.method)
         if self.augment is not None:
@@ -150,6 +152,12 @@ class TrainConfig:
                 _reject(name, rule.accepted, value)
         if not 0 <= self.warmup_epochs <= self.epochs:
             _reject("warmup_epochs", f"in [0, --epochs ({self.epochs})]", self.warmup_epochs)
+        takers = [name for name, spec in METHODS.items() if "similarity" in spec.arguments]
+        if self.similarity != TrainConfig.similarity and self.method not in takers:
+            raise UserError(
+                f"--similarity applies to {', '.join(takers)} only; got --similarity "
+                f"{self.similarity} with {self.method}"
+            )
         if self.method == "moco" and self.batch_size % self.bn_groups:
             _reject(
                 "batch_size",

@@ -59,7 +59,7 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec(
             "simclr",
             "kerassl.models.simclr:SimCLR",
-            {"temperature": "temperature"},
+            {"temperature": "temperature", "similarity": "similarity"},
             tunable=True,
             summary="SimCLR: NT-Xent over the other views of the batch",
         ),

@@ -91,6 +91,12 @@ def build_parser() -> ArgumentParser:
         default=d.temperature,
         help="NT-Xent temperature (default %(default)s)",
     )
+    g.add_argument(
+        "--similarity",
+        default=d.similarity,
+        help="SimCLR's NT-Xent similarity: cosine (default) or dot (raw dot products of "
+        "the projections / temperature, no l2 normalisation; SimCLR Table 5)",
+    )
     g = p.add_argument_group("moco")
     g.add_argument(
         "--momentum",

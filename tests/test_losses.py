@@ -27,34 +27,66 @@ def randn(seed, *shape):
 # ---------------------------------------------------------------- NT-Xent
 
 
+def np_nt_xent_dot_per_anchor(z1, z2, tau):
+    """SimCLR eq. (1) with sim(u, v) = uᵀv, no ℓ2 normalisation (the paper's Table 5 "dot
+    product"), one anchor at a time over the 2N views, anchors [z1; z2]."""
+    z = np.concatenate([z1, z2]).astype(np.float64)
+    two_n = len(z)
+    n = two_n // 2
+    losses = []
+    for i in range(two_n):
+        j = (i + n) % two_n  # the other view of image i
+        numerator = np.exp(z[i] @ z[j] / tau)
+        denominator = sum(np.exp(z[i] @ z[k] / tau) for k in range(two_n) if k != i)
+        losses.append(-np.log(numerator / denominator))
+    return np.array(losses)
+
+
+NT_XENT_REFERENCES = {"cosine": np_nt_xent_per_anchor, "dot": np_nt_xent_dot_per_anchor}
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
 @pytest.mark.parametrize("n, d, tau", [(2, 3, 0.5), (5, 8, 0.1), (8, 4, 1.0), (16, 32, 0.2)])
-def test_nt_xent_matches_paper_transcription(n, d, tau):
+def test_nt_xent_matches_paper_transcription(n, d, tau, similarity):
     z1, z2 = randn(n, n, d), randn(n + 100, n, d)
-    loss, logits, labels = nt_xent(z1, z2, tau)
-    expected = np_nt_xent_per_anchor(z1, z2, tau).mean()
+    loss, logits, labels = nt_xent(z1, z2, tau, similarity=similarity)
+    expected = NT_XENT_REFERENCES[similarity](z1, z2, tau).mean()
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
     assert logits.shape == (2 * n, 2 * n)
     np.testing.assert_array_equal(np.asarray(labels), np.r_[np.arange(n) + n, np.arange(n)])
 
 
+def test_nt_xent_dot_is_not_cosine_and_scales_with_the_norms():
+    z1, z2 = randn(0, 6, 5), randn(1, 6, 5)
+    cosine = float(nt_xent(z1, z2, 0.5)[0])
+    assert float(nt_xent(3 * z1, 3 * z2, 0.5)[0]) == pytest.approx(cosine, rel=1e-5)
+    dot = float(nt_xent(3 * z1, 3 * z2, 0.5, similarity="dot")[0])
+    np.testing.assert_allclose(dot, np_nt_xent_dot_per_anchor(3 * z1, 3 * z2, 0.5).mean(), 1e-5)
+    assert abs(dot - cosine) > 0.1
+
+
+@pytest.mark.parametrize("similarity, positive", [("cosine", 1.0), ("dot", 9.0)])
 @pytest.mark.parametrize("n, tau", [(2, 0.5), (4, 0.1), (7, 1.0)])
-def test_nt_xent_identical_one_hot_views_closed_form(n, tau):
-    # N pairs of identical one-hot vectors e_i: positive similarity 1, all 2N-2 negatives 0.
-    z = np.eye(n, n + 2, dtype=np.float32) * 3.0  # scale must not matter (cosine similarity)
-    loss, logits, labels = nt_xent(z, z, tau)
-    expected = -np.log(np.exp(1 / tau) / (np.exp(1 / tau) + 2 * n - 2))
+def test_nt_xent_identical_one_hot_views_closed_form(n, tau, similarity, positive):
+    # N pairs of identical vectors 3·e_i: positive similarity 1 (cosine: the scale does not
+    # matter) or 3² = 9 (dot), all 2N-2 negatives 0.
+    z = np.eye(n, n + 2, dtype=np.float32) * 3.0
+    loss, logits, labels = nt_xent(z, z, tau, similarity=similarity)
+    s = positive / tau
+    expected = -np.log(np.exp(s) / (np.exp(s) + 2 * n - 2))
     # atol: at small τ the loss is ~1e-4..1e-6, below float32 resolution of logits ~1/τ.
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5, atol=2e-6)
     # The positive is ranked first for every anchor: contrastive accuracy 1.
     np.testing.assert_array_equal(np.argmax(np.asarray(logits), axis=1), np.asarray(labels))
 
 
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
 @pytest.mark.parametrize("replicas, n", [(2, 4), (3, 3)])
-def test_nt_xent_global_negatives_equal_the_restricted_global_loss(replicas, n):
+def test_nt_xent_global_negatives_equal_the_restricted_global_loss(replicas, n, similarity):
     tau = 0.3
     g = replicas * n
     z1_global, z2_global = randn(1, g, 6), randn(2, g, 6)
-    per_anchor = np_nt_xent_per_anchor(z1_global, z2_global, tau)  # [2G]
+    per_anchor = NT_XENT_REFERENCES[similarity](z1_global, z2_global, tau)  # [2G]
     replica_losses = []
     for replica in range(replicas):
         rows = np.arange(replica * n, (replica + 1) * n)
@@ -65,14 +97,31 @@ def test_nt_xent_global_negatives_equal_the_restricted_global_loss(replicas, n):
             z1_negatives=z1_global,
             z2_negatives=z2_global,
             offset=tf.constant(replica * n),
+            similarity=similarity,
         )
         expected = np.r_[per_anchor[rows], per_anchor[rows + g]].mean()
         np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
         assert logits.shape == (2 * n, 2 * g)
         np.testing.assert_array_equal(np.asarray(labels), np.r_[rows + g, rows])
         replica_losses.append(float(loss))
-    single_device, _, _ = nt_xent(z1_global, z2_global, tau)
+    single_device, _, _ = nt_xent(z1_global, z2_global, tau, similarity=similarity)
     np.testing.assert_allclose(np.mean(replica_losses), float(single_device), rtol=1e-5)
+
+
+def test_nt_xent_dot_stays_finite_for_logits_beyond_float32_exp():
+    # Logits of several hundred: exp overflows float32 (above ~88) but not float64, so the
+    # transcription still holds; at 1e6 only finiteness can be checked.
+    z1, z2 = 3 * randn(3, 6, 8), 3 * randn(4, 6, 8)
+    loss, logits, _ = nt_xent(z1, z2, 0.2, similarity="dot")
+    off_self = np.abs(np.asarray(logits))[np.asarray(logits) > -1e8]
+    assert 88 < off_self.max() < 700
+    np.testing.assert_allclose(float(loss), np_nt_xent_dot_per_anchor(z1, z2, 0.2).mean(), 1e-5)
+    for scale in (1.0, 300.0):
+        v1, v2 = tf.Variable(scale * z1), tf.Variable(scale * z2)
+        with tf.GradientTape() as tape:
+            loss, _, _ = nt_xent(v1, v2, 0.2, similarity="dot")
+        grads = tape.gradient(loss, [v1, v2])
+        assert np.isfinite(float(loss)) and all(np.isfinite(g.numpy()).all() for g in grads)
 
 
 def test_nt_xent_gradients_are_finite_even_for_degenerate_inputs():
@@ -94,6 +143,11 @@ def test_nt_xent_rejects_bad_arguments():
         NTXent(temperature=-0.1)
     with pytest.raises(ValueError, match="given together"):
         nt_xent(z, z, 0.5, z1_negatives=z)
+    bad = r"similarity must be one of cosine, dot. Received: similarity='euclid'"
+    with pytest.raises(ValueError, match=bad):
+        nt_xent(z, z, 0.5, similarity="euclid")
+    with pytest.raises(ValueError, match=bad):
+        NTXent(similarity="euclid")
 
 
 # ---------------------------------------------------------------- InfoNCE
@@ -228,6 +282,11 @@ def test_losses_compile_with_xla_and_any_batch_size():
     "loss, y_true, function",
     [
         (NTXent(temperature=0.3), "z2", lambda z1, z2: nt_xent(z1, z2, 0.3)[0]),
+        (
+            NTXent(temperature=0.3, similarity="dot"),
+            "z2",
+            lambda z1, z2: nt_xent(z1, z2, 0.3, similarity="dot")[0],
+        ),
         (
             InfoNCE(temperature=0.1),
             "keys+queue",

@@ -2,8 +2,15 @@ import keras
 import numpy as np
 import pytest
 
+from kerassl.losses import nt_xent
 from kerassl.models.simclr import SimCLR
-from kerassl.testing.method_contract import build_tiny, run_method_contract
+from kerassl.testing.method_contract import (
+    STEP_BATCH,
+    build_tiny,
+    check_config_round_trip,
+    check_train_step,
+    run_method_contract,
+)
 from kerassl.testing.references import np_nt_xent_per_anchor
 from kerassl.testing.synthetic import tiny_float_images
 
@@ -28,6 +35,23 @@ def test_method_contract(tmp_path):
     run_method_contract(SimCLR, CONTRACT_KWARGS, reference_loss, tmp_path)
 
 
+def test_dot_similarity_round_trips_and_trains_on_the_dot_loss():
+    # NT-Xent's dot form is checked against its NumPy transcription in tests/test_losses.py;
+    # here the model's step must compute it on the un-normalised projections.
+    kwargs = {"temperature": 0.3, "similarity": "dot"}
+    model = build_tiny(SimCLR, kwargs)
+    check_config_round_trip(model, kwargs)
+
+    def dot_loss(model, images):
+        z = model.project(np.concatenate([images, images]), training=True)
+        return float(nt_xent(z[: len(images)], z[len(images) :], 0.3, similarity="dot")[0])
+
+    images = tiny_float_images(STEP_BATCH)
+    cosine = build_tiny(SimCLR, {"temperature": 0.3}).compute_ssl_loss(images, images)[0]
+    assert abs(dot_loss(model, images) - float(cosine)) > 1e-2  # the two forms differ here
+    check_train_step(model, dot_loss, images)
+
+
 def test_fit_lowers_the_contrastive_loss():
     model = build_tiny(SimCLR, {"temperature": 0.5}, preset="digits")
     model.compile(optimizer=keras.optimizers.Adam(3e-3), jit_compile=True)
@@ -38,6 +62,8 @@ def test_fit_lowers_the_contrastive_loss():
     assert 0.0 <= history.history["contrastive_accuracy"][-1] <= 1.0
 
 
-def test_rejects_bad_temperature():
+def test_rejects_bad_temperature_and_similarity():
     with pytest.raises(ValueError, match="temperature must be > 0"):
         build_tiny(SimCLR, {"temperature": 0})
+    with pytest.raises(ValueError, match="similarity must be one of cosine, dot"):
+        build_tiny(SimCLR, {"similarity": "l2"})

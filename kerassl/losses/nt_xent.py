@@ -13,8 +13,8 @@ from kerassl.checks import check
 
 # τ of the paper's CIFAR-10 runs: the default of `nt_xent`, `NTXent` and `SimCLR`.
 SIMCLR_TEMPERATURE = 0.5
-# Added to the masked self-similarities (they must never win the softmax), and the epsilon
-# under the square root of the L2 normalisation (as `tf.math.l2_normalize`).
+# Minus the logit of the masked self-similarities (they must never win the softmax), and
+# the epsilon under the square root of the L2 normalisation (as `tf.math.l2_normalize`).
 _LARGE_NUM = 1e9
 _EPSILON = 1e-12
 
@@ -32,8 +32,21 @@ def check_temperature(temperature) -> None:
         check("temperature", temperature)
 
 
-def nt_xent(z1, z2, temperature=SIMCLR_TEMPERATURE, z1_negatives=None, z2_negatives=None, offset=0):
-    """NT-Xent loss of SimCLR over 2N views, with cosine similarity.
+def _similarity_space(x, similarity: str):
+    """float32 rows whose dot products are the similarity: unit vectors for cosine."""
+    return l2_normalize(x) if similarity == "cosine" else ops.cast(x, "float32")
+
+
+def nt_xent(
+    z1,
+    z2,
+    temperature=SIMCLR_TEMPERATURE,
+    z1_negatives=None,
+    z2_negatives=None,
+    offset=0,
+    similarity: str = "cosine",
+):
+    """NT-Xent loss of SimCLR over 2N views, with cosine (or dot-product) similarity.
 
     For a positive pair (i, j) among the 2N embeddings of a batch of N images (eq. 1):
 
@@ -42,6 +55,11 @@ def nt_xent(z1, z2, temperature=SIMCLR_TEMPERATURE, z1_negatives=None, z2_negati
 
     and the loss is the mean of ℓ over all 2N anchors (both (i, j) and (j, i)). Every anchor
     is contrasted with its other view and the 2N − 2 views of the other images.
+
+    `similarity="dot"` replaces sim by the raw dot product uᵀv of the un-normalised
+    embeddings (the paper's Table 5 compares it with cosine: "dot product" without ℓ2
+    normalisation). Its logits are unbounded; the log-softmax subtracts each row's maximum
+    and the self-similarities are replaced by −1e9, so large logits stay finite.
 
     Global negatives (distribution strategies): pass the all-gathered global batch as
     `z1_negatives`, `z2_negatives` ([G, d], replicas concatenated in order) and the row of
@@ -59,10 +77,11 @@ def nt_xent(z1, z2, temperature=SIMCLR_TEMPERATURE, z1_negatives=None, z2_negati
         z1_negatives: optional [G, d] global first views (including this replica's).
         z2_negatives: optional [G, d] global second views.
         offset: int or scalar int tensor, row of z1[0] in the global batch.
+        similarity: one of `kerassl.catalog.SIMILARITIES`: "cosine" (eq. 1) or "dot".
 
     Returns:
         `(loss, logits, labels)`: the scalar mean loss, the [2N, 2G] logits (similarities /
-        τ, self-similarities pushed to −1e9) of the anchors `concat([z1, z2])` against
+        τ, self-similarities set to −1e9) of the anchors `concat([z1, z2])` against
         `concat([z1_negatives, z2_negatives])`, and the [2N] int32 column of each anchor's
         positive; `SparseCategoricalAccuracy(labels, logits)` is the contrastive top-1
         accuracy.
@@ -73,19 +92,20 @@ def nt_xent(z1, z2, temperature=SIMCLR_TEMPERATURE, z1_negatives=None, z2_negati
     ```
     """
     check_temperature(temperature)
+    check("similarity", similarity)
     if (z1_negatives is None) != (z2_negatives is None):
         raise ValueError(
             "z1_negatives and z2_negatives must be given together. Received: "
             f"z1_negatives={'None' if z1_negatives is None else 'a tensor'}, "
             f"z2_negatives={'None' if z2_negatives is None else 'a tensor'}"
         )
-    z1 = l2_normalize(z1)
-    z2 = l2_normalize(z2)
+    z1 = _similarity_space(z1, similarity)
+    z2 = _similarity_space(z2, similarity)
     if z1_negatives is None:
         z1_all, z2_all, offset = z1, z2, 0
     else:
-        z1_all = l2_normalize(z1_negatives)
-        z2_all = l2_normalize(z2_negatives)
+        z1_all = _similarity_space(z1_negatives, similarity)
+        z2_all = _similarity_space(z2_negatives, similarity)
     n = ops.shape(z1)[0]
     g = ops.shape(z1_all)[0]
     anchors = ops.concatenate([z1, z2], axis=0)  # [2N, d]
@@ -94,8 +114,10 @@ def nt_xent(z1, z2, temperature=SIMCLR_TEMPERATURE, z1_negatives=None, z2_negati
     rows = ops.arange(n, dtype="int32") + ops.cast(offset, "int32")  # global rows of anchors
     self_columns = ops.concatenate([rows, rows + g], axis=0)  # [2N] each anchor itself
     labels = ops.concatenate([rows + g, rows], axis=0)  # [2N] each anchor's other view
-    logits = logits - _LARGE_NUM * ops.one_hot(self_columns, 2 * g, dtype="float32")
-    log_probs = ops.log_softmax(logits, axis=-1)
+    # Replaced, not shifted: a dot-product self-similarity can be as large as any shift.
+    is_self = ops.equal(ops.arange(2 * g, dtype="int32")[None, :], self_columns[:, None])
+    logits = ops.where(is_self, -_LARGE_NUM, logits)
+    log_probs = ops.log_softmax(logits, axis=-1)  # shifts each row by its maximum
     per_anchor = -ops.sum(ops.one_hot(labels, 2 * g, dtype="float32") * log_probs, axis=-1)
     return ops.mean(per_anchor), logits, labels
 
@@ -109,16 +131,29 @@ class NTXent(keras.losses.Loss):
 
     Args:
         temperature: τ > 0.
+        similarity: "cosine" (the paper's eq. 1) or "dot" (un-normalised, its Table 5).
         name: loss name.
     """
 
-    def __init__(self, temperature: float = SIMCLR_TEMPERATURE, name: str = "nt_xent", **kwargs):
+    def __init__(
+        self,
+        temperature: float = SIMCLR_TEMPERATURE,
+        similarity: str = "cosine",
+        name: str = "nt_xent",
+        **kwargs,
+    ):
         check_temperature(temperature)
+        check("similarity", similarity)
         super().__init__(name=name, **kwargs)
         self.temperature = temperature
+        self.similarity = similarity
 
     def call(self, y_true, y_pred):
-        return nt_xent(y_pred, y_true, self.temperature)[0]
+        return nt_xent(y_pred, y_true, self.temperature, similarity=self.similarity)[0]
 
     def get_config(self):
-        return {**super().get_config(), "temperature": self.temperature}
+        return {
+            **super().get_config(),
+            "temperature": self.temperature,
+            "similarity": self.similarity,
+        }

@@ -25,6 +25,8 @@ class SimCLR(SSLModel):
         head: projection head g.
         augmenter: view generator (`kerassl.data.augment.Augmenter`).
         temperature: float > 0, NT-Xent temperature τ (0.5 in the paper's CIFAR setting).
+        similarity: "cosine" (the paper's) or "dot": NT-Xent on raw dot products of the
+            un-normalised projections (the paper's Table 5 ablation).
 
     Example:
     ```python
@@ -34,10 +36,20 @@ class SimCLR(SSLModel):
     ```
     """
 
-    def __init__(self, encoder, head, augmenter, temperature: float = SIMCLR_TEMPERATURE, **kwargs):
+    def __init__(
+        self,
+        encoder,
+        head,
+        augmenter,
+        temperature: float = SIMCLR_TEMPERATURE,
+        similarity: str = "cosine",
+        **kwargs,
+    ):
         check("temperature", temperature)
+        check("similarity", similarity)
         super().__init__(encoder, head, augmenter, **kwargs)
         self.temperature = temperature
+        self.similarity = similarity
 
     def compute_ssl_loss(self, view1, view2, training=True):
         batch = ops.shape(view1)[0]
@@ -47,8 +59,18 @@ class SimCLR(SSLModel):
         z1_all, offset = all_gather(z1)
         z2_all, _ = all_gather(z2)
         return nt_xent(
-            z1, z2, self.temperature, z1_negatives=z1_all, z2_negatives=z2_all, offset=offset
+            z1,
+            z2,
+            self.temperature,
+            z1_negatives=z1_all,
+            z2_negatives=z2_all,
+            offset=offset,
+            similarity=self.similarity,
         )
 
     def get_config(self):
-        return {**super().get_config(), "temperature": self.temperature}
+        return {
+            **super().get_config(),
+            "temperature": self.temperature,
+            "similarity": self.similarity,
+        }
