@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from kerassl.checks import POSITIVE, Rule, integer_at_least
-from kerassl.data.splits import LabelBudget, PerClass, parse_labels
+from kerassl.data.splits import LabelBudget, parse_labels
 from kerassl.errors import UserError
 
 # Evaluation protocols (`kerassl.evaluation.protocols`): frozen-feature protocols first.
@@ -67,9 +67,9 @@ def parse_seeds(text: str | int) -> tuple[int, ...]:
     return tuple(dict.fromkeys(seeds))
 
 
-def budget_name(budget: LabelBudget) -> str:
+def budget_name(budget: LabelBudget | str) -> str:
     """The label budget as written on the command line and in tables: 100, 10/class, 0.1."""
-    return str(budget) if isinstance(budget, PerClass) else f"{budget:g}"
+    return f"{budget:g}" if isinstance(budget, (int, float)) else str(budget)
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,90 @@ def fold_into_dense(
     return dense
 
 
+@dataclass
+class FittedProbe:
+    """A fitted linear probe: standardisation + logistic regression, and how C was chosen.
+
+    Attributes:
+        pipeline: the fitted scikit-learn `Pipeline` (scale, logreg).
+        num_classes: number of classes of the dataset.
+        c, cv_accuracy, cv_folds, cv_repeats, converged: as in `ProbeResult`.
+        num_train: labeled examples it was fitted on.
+    """
+
+    pipeline: Pipeline
+    num_classes: int
+    c: float
+    cv_accuracy: float | None
+    cv_folds: int
+    cv_repeats: int
+    converged: bool
+    num_train: int
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """float64 [N, num_classes] class probabilities (0 for classes absent in training)."""
+        features = np.asarray(features, np.float64)
+        probabilities = np.zeros((len(features), self.num_classes))
+        if len(features):
+            classes = self.pipeline.named_steps["logreg"].classes_
+            probabilities[:, classes] = self.pipeline.predict_proba(features)
+        return probabilities
+
+    def dense(self) -> keras.layers.Dense:
+        """The probe as a softmax `Dense(num_classes)` on raw features (`fold_into_dense`)."""
+        scaler, logreg = self.pipeline.named_steps["scale"], self.pipeline.named_steps["logreg"]
+        return fold_into_dense(
+            scaler.mean_,
+            scaler.scale_,
+            logreg.coef_,
+            logreg.intercept_,
+            logreg.classes_,
+            self.num_classes,
+        )
+
+
+def fit_linear_probe(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    num_classes: int,
+    seed: int = 0,
+    c_grid=C_GRID,
+    default_c: float = 1.0,
+    max_iter: int = 1000,
+) -> FittedProbe:
+    """Fits the probe on labeled training features only (C by `choose_c`); see
+    `linear_probe` for the arguments. No test data enters: score with `.scores`.
+
+    Raises:
+        UserError: labels outside [0, num_classes) or fewer than 2 classes.
+    """
+    train_features = np.asarray(train_features, np.float64)
+    train_labels = _check_labels(train_labels, num_classes, "training")
+    if len(np.unique(train_labels)) < 2:
+        raise UserError(
+            "a linear probe needs labeled examples of at least 2 classes; got "
+            f"{len(train_labels)} example(s) of class(es) {sorted(set(train_labels.tolist()))}"
+        )
+    threads = 1 if train_features.size < _SINGLE_THREAD_BELOW else None
+    with threadpool_limits(threads), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        c, cv_accuracy, folds, repeats = choose_c(
+            train_features, train_labels, seed, c_grid, default_c, max_iter
+        )
+        pipeline = _probe_pipeline(c, max_iter)
+        pipeline.fit(train_features, train_labels)
+    return FittedProbe(
+        pipeline=pipeline,
+        num_classes=num_classes,
+        c=c,
+        cv_accuracy=cv_accuracy,
+        cv_folds=folds,
+        cv_repeats=repeats,
+        converged=bool(np.all(pipeline.named_steps["logreg"].n_iter_ < max_iter)),
+        num_train=len(train_labels),
+    )
+
+
 def linear_probe(
     train_features: np.ndarray,
     train_labels: np.ndarray,
@@ -194,40 +278,20 @@ def linear_probe(
         weights fold the standardisation into the regression, so that
         `dense(encoder(images))` reproduces the probe's `predict_proba`.
     """
-    train_features = np.asarray(train_features, np.float64)
-    test_features = np.asarray(test_features, np.float64)
-    train_labels = _check_labels(train_labels, num_classes, "training")
     test_labels = _check_labels(test_labels, num_classes, "test")
-    if len(np.unique(train_labels)) < 2:
-        raise UserError(
-            "a linear probe needs labeled examples of at least 2 classes; got "
-            f"{len(train_labels)} example(s) of class(es) {sorted(set(train_labels.tolist()))}"
-        )
-    threads = 1 if train_features.size < _SINGLE_THREAD_BELOW else None
-    with threadpool_limits(threads), warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        c, cv_accuracy, folds, repeats = choose_c(
-            train_features, train_labels, seed, c_grid, default_c, max_iter
-        )
-        pipeline = _probe_pipeline(c, max_iter)
-        pipeline.fit(train_features, train_labels)
-    scaler, logreg = pipeline.named_steps["scale"], pipeline.named_steps["logreg"]
-    dense = fold_into_dense(
-        scaler.mean_, scaler.scale_, logreg.coef_, logreg.intercept_, logreg.classes_, num_classes
+    probe = fit_linear_probe(
+        train_features, train_labels, num_classes, seed, c_grid, default_c, max_iter
     )
-    probabilities = np.zeros((len(test_features), num_classes))
-    if len(test_features):
-        probabilities[:, logreg.classes_] = pipeline.predict_proba(test_features)
-    accuracy = topk_accuracy(probabilities, test_labels, ks=(1, 5))
+    accuracy = topk_accuracy(probe.scores(test_features), test_labels, ks=(1, 5))
     result = ProbeResult(
         top1=accuracy["top1"],
         top5=accuracy.get("top5"),
-        num_train=len(train_labels),
+        num_train=probe.num_train,
         num_test=len(test_labels),
-        c=c,
-        cv_accuracy=cv_accuracy,
-        cv_folds=folds,
-        cv_repeats=repeats,
-        converged=bool(np.all(logreg.n_iter_ < max_iter)),
+        c=probe.c,
+        cv_accuracy=probe.cv_accuracy,
+        cv_folds=probe.cv_folds,
+        cv_repeats=probe.cv_repeats,
+        converged=probe.converged,
     )
-    return result, dense
+    return result, probe.dense()

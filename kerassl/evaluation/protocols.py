@@ -1,0 +1,371 @@
+"""The evaluation protocols: how a frozen or fine-tuned encoder becomes a classifier.
+
+| protocol | trains on | selects / stops on | reference |
+|---|---|---|---|
+| `linear` | frozen features of every chosen label | C by cross-validation on them | SimCLR §4, B.5 |
+| `mlp` | frozen features of `split.labeled` | early stopping on `split.validation` | study A |
+| `knn` | nothing (a bank of every chosen label) | nothing: k and τ are fixed | Wu et al. 2018 |
+| `1nn` | nothing (the same bank) | nothing | study C |
+| `finetune` | the whole network on `split.labeled`, augmented | early stopping on `split.validation` | SimCLR B.5 |
+
+A protocol sees a `Task`: the training images and labels, the split and the test *images*.
+It never sees a test label: it returns test scores, which `kerassl.evaluation.cells.score`
+compares with the labels. So no protocol can train, select or stop on the test split.
+
+When a split has no validation labels (1 label per class), `mlp` and `finetune` train
+for a fixed number of epochs instead of stopping early, and their `schedule` says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerassl.data.splits import Split
+from kerassl.evaluation.features import extract_features
+from kerassl.evaluation.knn import knn_scores
+from kerassl.evaluation.options import ProtocolOptions
+from kerassl.evaluation.probes import fit_linear_probe
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a protocol may see (no test labels).
+
+    Attributes:
+        x_train: uint8 training images [N, H, W, C].
+        y_train: [N] labels (-1 = unlabeled); only `split`'s indices are read.
+        split: the labeled and validation indices into `x_train`.
+        x_test: uint8 test images [T, H, W, C], to score.
+        num_classes: K.
+        flip: horizontal flips preserve labels (the label-set augmentation may flip).
+        seed: seed of every random choice the protocol makes.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    split: Split
+    x_test: np.ndarray
+    num_classes: int
+    flip: bool = False
+    seed: int = 0
+
+
+@dataclass
+class Outcome:
+    """A protocol's result before scoring.
+
+    Attributes:
+        scores: float [T, K] test class scores (probabilities or votes).
+        schedule: how the protocol chose and stopped, in words.
+        selected: what it chose on the training labels (C, epochs, k, …), JSON-ready.
+        classifier: [0, 1] images → class probabilities, when the protocol trains one.
+    """
+
+    scores: np.ndarray
+    schedule: str
+    selected: dict = field(default_factory=dict)
+    classifier: keras.Model | None = None
+
+
+class FeatureCache:
+    """Features of one frozen encoder, each image embedded at most once.
+
+    Args:
+        encoder: [0, 1] images → [D] features.
+        x_train: uint8 training images; `train(indices)` embeds only those asked for.
+        x_test: uint8 test images; `test()` embeds them all, once.
+        batch_size: images per forward pass.
+    """
+
+    def __init__(
+        self, encoder: keras.Model, x_train: np.ndarray, x_test: np.ndarray, batch_size: int = 256
+    ):
+        self.encoder = encoder
+        self.x_train, self.x_test = x_train, x_test
+        self.batch_size = batch_size
+        self._train: dict[int, np.ndarray] = {}
+        self._test: np.ndarray | None = None
+
+    def train(self, indices: np.ndarray) -> np.ndarray:
+        """float32 [len(indices), D] features of `x_train[indices]`."""
+        indices = np.asarray(indices, np.int64)
+        missing = np.unique([i for i in indices.tolist() if i not in self._train])
+        if len(missing):
+            rows = extract_features(self.encoder, self.x_train[missing], self.batch_size)
+            self._train.update(zip(missing.tolist(), rows))
+        if not len(indices):
+            return np.zeros((0, self.encoder.output_shape[-1]), np.float32)
+        return np.stack([self._train[i] for i in indices.tolist()])
+
+    def test(self) -> np.ndarray:
+        """float32 [T, D] features of the test images."""
+        if self._test is None:
+            self._test = extract_features(self.encoder, self.x_test, self.batch_size)
+        return self._test
+
+
+def linear(task: Task, encoder: keras.Model, cache: FeatureCache, options: ProtocolOptions):
+    """Logistic regression on standardised frozen features of every chosen label, its C
+    chosen by cross-validation on them (`kerassl.evaluation.probes`)."""
+    labeled = task.split.all_labeled
+    probe = fit_linear_probe(
+        cache.train(labeled), task.y_train[labeled], task.num_classes, seed=task.seed
+    )
+    if probe.cv_folds:
+        schedule = (
+            f"C = {probe.c:g} by {probe.cv_folds}-fold cross-validation × {probe.cv_repeats} "
+            f"on the {probe.num_train} labels"
+        )
+    else:
+        schedule = f"C = {probe.c:g} (default: a class has 1 label, no cross-validation)"
+    return Outcome(
+        scores=probe.scores(cache.test()),
+        schedule=schedule,
+        selected={"c": probe.c, "cv_accuracy": probe.cv_accuracy, "converged": probe.converged},
+        classifier=_on_encoder(encoder, probe.dense()),
+    )
+
+
+def mlp(task: Task, encoder: keras.Model, cache: FeatureCache, options: ProtocolOptions):
+    """One hidden layer (ReLU, `options.mlp_hidden` units) on standardised frozen features
+    of `split.labeled`, early-stopped on the validation labels' loss (best weights kept)."""
+    split = task.split
+    x, y = cache.train(split.labeled), task.y_train[split.labeled]
+    keras.utils.set_random_seed(task.seed)
+    normalize = keras.layers.Normalization(name="standardize")
+    normalize.adapt(x)
+    head = keras.Sequential(
+        [
+            keras.Input((x.shape[1],)),
+            normalize,
+            keras.layers.Dense(options.mlp_hidden, activation="relu", name="hidden"),
+            keras.layers.Dense(task.num_classes, activation="softmax", name="classes"),
+        ],
+        name="mlp_head",
+    )
+    head.compile(
+        optimizer=keras.optimizers.AdamW(options.learning_rate, weight_decay=1e-4),
+        loss="sparse_categorical_crossentropy",
+    )
+    validation = None
+    if len(split.validation):
+        validation = (cache.train(split.validation), task.y_train[split.validation])
+    fit = _stopping(options, validation)
+    history = head.fit(
+        x,
+        y,
+        batch_size=min(options.batch_size, len(x)),
+        epochs=fit.epochs,
+        validation_data=validation,
+        callbacks=fit.callbacks,
+        shuffle=True,
+        verbose=0,
+    )
+    return Outcome(
+        scores=np.asarray(head.predict(cache.test(), batch_size=1024, verbose=0), np.float64),
+        schedule=fit.describe(history),
+        selected=fit.selected(history),
+        classifier=_on_encoder(encoder, head),
+    )
+
+
+def knn(task: Task, encoder: keras.Model, cache: FeatureCache, options: ProtocolOptions):
+    """Weighted cosine kNN vote with a bank of every chosen label (`knn_scores`)."""
+    return _neighbours(task, cache, options.knn_k, options.knn_temperature)
+
+
+def one_nn(task: Task, encoder: keras.Model, cache: FeatureCache, options: ProtocolOptions):
+    """The nearest labeled neighbour's class (cosine similarity)."""
+    return _neighbours(task, cache, 1, options.knn_temperature)
+
+
+def _neighbours(task: Task, cache: FeatureCache, k: int, temperature: float) -> Outcome:
+    labeled = task.split.all_labeled
+    votes = knn_scores(
+        cache.train(labeled), task.y_train[labeled], cache.test(), k=k, temperature=temperature
+    )
+    scores = np.zeros((len(votes), task.num_classes))
+    scores[:, : votes.shape[1]] = votes
+    k = min(k, len(labeled))
+    return Outcome(
+        scores=scores,
+        schedule=f"no training: k = {k}, τ = {temperature:g}, bank of {len(labeled)} labels",
+        selected={"k": k, "temperature": temperature},
+    )
+
+
+def finetune(task: Task, encoder: keras.Model, cache: FeatureCache, options: ProtocolOptions):
+    """The whole network from the encoder: a new softmax head on `split.labeled` with the
+    label-set augmentation of the baselines, the encoder at `encoder_lr_scale` of the head's
+    learning rate, early-stopped on the validation labels (SimCLR's semi-supervised
+    protocol). BatchNorm layers keep their pretrained statistics (inference mode), which
+    a hundred labeled images could not re-estimate."""
+    from kerassl.supervised import label_augmenter, train_classifier
+
+    split = task.split
+    keras.utils.set_random_seed(task.seed)
+    copy = keras.models.clone_model(encoder)
+    copy.set_weights(encoder.get_weights())
+    head = keras.layers.Dense(task.num_classes, activation="softmax", name="classes")
+    model = FineTuner(copy, head, options.encoder_lr_scale)
+    validation = None
+    if len(split.validation):
+        validation = (task.x_train[split.validation], task.y_train[split.validation])
+    fit = _stopping(options, validation)
+    history = train_classifier(
+        model,
+        task.x_train[split.labeled],
+        task.y_train[split.labeled],
+        validation=validation,
+        epochs=fit.epochs,
+        batch_size=options.batch_size,
+        learning_rate=options.learning_rate,
+        augmenter=label_augmenter(flip=task.flip, seed=task.seed),
+        patience=fit.patience,
+        seed=task.seed,
+    )
+    classifier = model.inference_model()
+    return Outcome(
+        scores=np.asarray(extract_features(classifier, task.x_test), np.float64),
+        schedule=fit.describe(history),
+        selected=fit.selected(history),
+        classifier=classifier,
+    )
+
+
+@keras.saving.register_keras_serializable(package="kerassl")
+class FineTuner(keras.Model):
+    """encoder → head, trained with two learning rates: the head's optimizer is the
+    compiled one; the encoder's is an AdamW at `encoder_lr_scale` of its learning rate
+    (following it when ReduceLROnPlateau lowers it). Adam is invariant to the scale of
+    its gradients, so scaling the encoder's gradients instead would change nothing."""
+
+    def __init__(self, encoder: keras.Model, head: keras.layers.Layer, encoder_lr_scale: float):
+        super().__init__(name="finetuned")
+        self.encoder, self.head = encoder, head
+        head.build((None, encoder.output_shape[-1]))
+        self.encoder_lr_scale = float(encoder_lr_scale)
+        self.encoder_optimizer: keras.optimizers.Optimizer | None = None
+
+    def call(self, images, training=False):
+        return self.head(self.encoder(images, training=False))
+
+    def compile(self, optimizer="adamw", **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        self.encoder_optimizer = keras.optimizers.AdamW(
+            float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+            * self.encoder_lr_scale,
+            weight_decay=self.optimizer.weight_decay,
+        )
+        self.encoder_optimizer.build(self.encoder.trainable_variables)
+
+    def train_step(self, data):
+        images, labels = data
+        encoder_variables = self.encoder.trainable_variables
+        head_variables = self.head.trainable_variables
+        with tf.GradientTape() as tape:
+            probabilities = self(images, training=True)
+            loss = self._compute_loss(x=images, y=labels, y_pred=probabilities, training=True)
+        self._loss_tracker.update_state(loss, sample_weight=tf.shape(images)[0])
+        gradients = tape.gradient(loss, encoder_variables + head_variables)
+        self.encoder_optimizer.learning_rate.assign(
+            self.optimizer.learning_rate * self.encoder_lr_scale
+        )
+        self.encoder_optimizer.apply_gradients(
+            zip(gradients[: len(encoder_variables)], encoder_variables)
+        )
+        self.optimizer.apply_gradients(zip(gradients[len(encoder_variables) :], head_variables))
+        return self.compute_metrics(images, labels, probabilities)
+
+    def inference_model(self) -> keras.Model:
+        """A plain functional classifier sharing the fine-tuned weights."""
+        inputs = keras.Input(self.encoder.input_shape[1:], name="images")
+        outputs = self.head(self.encoder(inputs, training=False))
+        return keras.Model(inputs, outputs, name="finetuned_classifier")
+
+
+@dataclass(frozen=True)
+class _Stopping:
+    """Early stopping on validation labels, or a fixed schedule when there are none."""
+
+    epochs: int
+    patience: int
+    early: bool
+    num_validation: int
+
+    @property
+    def monitor(self) -> str:
+        return "val_loss" if self.early else "loss"
+
+    @property
+    def callbacks(self) -> list[keras.callbacks.Callback]:
+        """What `supervised.train_classifier` does: the best epoch's weights are kept (of
+        the validation loss, else of the training loss)."""
+        return [
+            keras.callbacks.EarlyStopping(
+                self.monitor, patience=self.patience, restore_best_weights=True
+            )
+        ]
+
+    def best_epoch(self, history: keras.callbacks.History) -> int:
+        return int(np.argmin(history.history[self.monitor])) + 1
+
+    def selected(self, history: keras.callbacks.History) -> dict:
+        return {"epoch": self.best_epoch(history), "epochs_run": len(history.epoch)}
+
+    def describe(self, history: keras.callbacks.History) -> str:
+        if not self.early:
+            return (
+                f"fixed {self.epochs} epochs (no validation labels to stop on); weights of "
+                f"the lowest training loss, epoch {self.best_epoch(history)}"
+            )
+        return (
+            f"early stopping on {self.num_validation} validation labels: best epoch "
+            f"{self.best_epoch(history)} of {len(history.epoch)}"
+        )
+
+
+def _stopping(options: ProtocolOptions, validation) -> _Stopping:
+    if validation is None or not len(validation[0]):
+        epochs = options.fixed_epochs
+        return _Stopping(epochs=epochs, patience=epochs + 1, early=False, num_validation=0)
+    return _Stopping(
+        epochs=options.max_epochs,
+        patience=options.patience,
+        early=True,
+        num_validation=len(validation[0]),
+    )
+
+
+def _on_encoder(encoder: keras.Model, head: keras.layers.Layer) -> keras.Model:
+    inputs = keras.Input(encoder.input_shape[1:], name="images")
+    return keras.Model(inputs, head(encoder(inputs, training=False)), name="classifier")
+
+
+Protocol = Callable[[Task, keras.Model, FeatureCache, ProtocolOptions], Outcome]
+
+PROTOCOL_FUNCTIONS: dict[str, Protocol] = {
+    "linear": linear,
+    "mlp": mlp,
+    "knn": knn,
+    "1nn": one_nn,
+    "finetune": finetune,
+}
+
+
+def run_protocol(
+    name: str,
+    task: Task,
+    encoder: keras.Model,
+    cache: FeatureCache | None = None,
+    options: ProtocolOptions | None = None,
+) -> Outcome:
+    """Runs protocol `name` (`kerassl.evaluation.options.PROTOCOLS`) on `task`."""
+    if cache is None:
+        cache = FeatureCache(encoder, task.x_train, task.x_test)
+    return PROTOCOL_FUNCTIONS[name](task, encoder, cache, options or ProtocolOptions())
