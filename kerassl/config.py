@@ -67,7 +67,7 @@ class TrainConfig:
     max_unlabeled: int | None = None  # cap the unlabeled pool (quick experiments)
     labels: str = "100"  # total labels stratified over classes, or a fraction ("0.1")
     validation: float = 0.2  # fraction of the labeled examples held out for model selection
-    augment: str | None = None  # preset; None: the dataset's default
+    augment: str | None = None  # preset or ops joined with + (crop+blur); None: the dataset's
     encoder: str = "cnn"
     weights: str | None = None  # None or "imagenet" (keras.applications encoders); "none" → None
     head: str = "mlp"

@@ -7,7 +7,7 @@ import sys
 
 from kerassl import resume
 from kerassl.config import TrainConfig
-from kerassl.data.presets import PRESETS
+from kerassl.data.presets import OPS, PRESETS
 from kerassl.data.registry import DATASET_FORMS
 from kerassl.errors import ArgumentParser, UserError, cli_entry
 from kerassl.methods import METHODS
@@ -61,7 +61,8 @@ def build_parser() -> ArgumentParser:
     )
     g.add_argument(
         "--augment",
-        help=f"augmentation preset: {', '.join(PRESETS)} (default: chosen from the dataset)",
+        help=f"augmentation preset: {', '.join(PRESETS)} (default: chosen from the dataset); "
+        f"or single ops joined with + (crop+blur): {', '.join(OPS)}",
     )
     g = p.add_argument_group("model")
     g.add_argument(

@@ -10,7 +10,7 @@ from PIL import Image
 from kerassl.data import image_ops
 from kerassl.data.augment import Augmenter, make_augmenter
 from kerassl.data.image_ops import random_apply
-from kerassl.data.presets import PRESETS
+from kerassl.data.presets import OPS, PRESETS
 from kerassl.data.preview import save_augmentation_grid
 from kerassl.errors import UserError
 
@@ -94,6 +94,21 @@ def test_make_augmenter_rejects_unknown_preset():
     message = str(info.value)
     assert "\n" not in message
     assert all(name in message for name in PRESETS)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_composed_ops_augment_as_their_options_do(channels):
+    x = images(channels=channels)
+    fields = {**OPS["crop"], **OPS["blur"]}
+    composed = make_augmenter("crop+blur", seed=4)
+    assert composed.preset == "crop+blur" and composed.crop_scale == (0.08, 1.0)
+    y = np.asarray(composed(x))
+    assert y.shape == x.shape and 0.0 <= y.min() and y.max() <= 1.0
+    assert (np.abs(y - x).reshape(len(x), -1).max(axis=1) > 1e-3).all()  # every image changed
+    same = np.asarray(make_augmenter("none", seed=4, **fields)(x))
+    np.testing.assert_allclose(y, same, atol=1e-6)
+    with pytest.raises(UserError, match="unknown augmentation 'crp' in 'crp\\+blur'"):
+        make_augmenter("crp+blur")
 
 
 def test_make_augmenter_applies_overrides():
@@ -409,7 +424,7 @@ def test_grayscale_and_hue_skip_one_channel_images():
 # ------------------------------------------------------------------ serialisation, grid
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", [*PRESETS, "crop+blur"])
 def test_get_config_round_trip(preset):
     augmenter = Augmenter(preset, rotation=10, seed=5, name="aug")
     config = augmenter.get_config()

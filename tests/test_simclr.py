@@ -52,6 +52,19 @@ def test_dot_similarity_round_trips_and_trains_on_the_dot_loss():
     check_train_step(model, dot_loss, images)
 
 
+def test_settings_reach_the_model_through_the_registry():
+    from kerassl.config import TrainConfig
+    from kerassl.data.presets import get_preset
+    from kerassl.pretraining import build_method
+
+    config = TrainConfig(similarity="dot", temperature=0.4, projection_dim=8, hidden_dim=16)
+    config.validate()
+    model = build_method(config, (16, 16, 1), preset="blur+crop", total_steps=2)
+    assert isinstance(model, SimCLR) and (model.similarity, model.temperature) == ("dot", 0.4)
+    assert model.augmenter.preset == "blur+crop"
+    assert model.augmenter.options == get_preset("crop+blur").with_jitter()
+
+
 def test_fit_lowers_the_contrastive_loss():
     model = build_tiny(SimCLR, {"temperature": 0.5}, preset="digits")
     model.compile(optimizer=keras.optimizers.Adam(3e-3), jit_compile=True)

@@ -21,6 +21,9 @@ from kerassl.train import main
         (["simclr", "--dataset", "digits", "--epochs", "0"], "--epochs"),
         (["simclr", "--dataset", "digits", "--encoder", "vgg"], "unknown encoder"),
         (["simclr", "--dataset", "digits", "--warmup-epochs", "3", "--epochs", "2"], "warmup"),
+        (["--similarity", "l2"], "--similarity must be one of cosine, dot; got l2"),
+        (["moco", "--similarity", "dot"], "--similarity applies to simclr only; got"),
+        (["--augment", "crop+crp"], "unknown augmentation 'crp' in 'crop+crp'; presets: none"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):

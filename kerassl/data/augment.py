@@ -40,7 +40,8 @@ from kerassl.data.image_ops import (
     random_apply,
     rotation_matrices,
 )
-from kerassl.data.presets import OPTION_NAMES, PRESETS, AugmentOptions, get_preset
+from kerassl.data.presets import OPTION_NAMES, AugmentOptions, get_preset
+from kerassl.errors import UserError
 
 
 class _Draws:
@@ -87,12 +88,16 @@ class Augmenter(keras.layers.Layer):
       contrast 0.2, saturation 0.15, hue 0.04), Gaussian blur with p = 0.5, no grayscale.
     - `none`: the identity.
 
+    Single ops joined with "+" (`crop+blur`; `kerassl.data.presets.OPS`) take the union of
+    the options each op sets.
+
     Order of operations: geometry (one resampling), colour jitter, grayscale, blur. Inputs
     are cast to float32 and are expected in [0, 1]; outputs are clipped to [0, 1]. Images
     should be square when `rot90` is on (a quarter turn of a rectangle leaves fill).
 
     Args:
-        preset: one of `PRESETS`; supplies the default of every option left as None.
+        preset: one of `PRESETS` or ops joined with "+"; supplies the default of every
+            option left as None.
         crop_scale, crop_ratio, rotation, flip, rot90, fill_mode, fill_value,
             color_strength, brightness, contrast, saturation, hue, color_jitter_prob,
             color_random_order, grayscale_prob, blur_prob, blur_sigma,
@@ -138,10 +143,12 @@ class Augmenter(keras.layers.Layer):
         # be off by whole pixels at 224 px.
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {tuple(PRESETS)}. Received: preset={preset!r}")
+        try:
+            options = get_preset(preset)
+        except UserError as error:
+            raise ValueError(f"{error}. Received: preset={preset!r}") from None
         self.preset = preset
-        self.options: AugmentOptions = PRESETS[preset].replace(**overrides).with_jitter()
+        self.options: AugmentOptions = options.replace(**overrides).with_jitter()
         for name, value in dataclasses.asdict(self.options).items():
             setattr(self, name, value)
         self.seed = seed
@@ -285,7 +292,7 @@ def make_augmenter(preset: str, seed: int | None = None, **overrides: Any) -> Au
     """Builds the `Augmenter` of a named preset, raising `UserError` for an unknown name.
 
     Args:
-        preset: one of `PRESETS`.
+        preset: one of `PRESETS`, or ops of `OPS` joined with "+" (`"crop+blur"`).
         seed: seed of the augmenter's random stream.
         **overrides: any `Augmenter` option, e.g. `rotation=15`.
     """

@@ -1,9 +1,12 @@
 """Augmentation presets: the options of `kerassl.data.augment.Augmenter`, and their values
-for each named preset.
+for each named preset or composition of single ops.
 
 `AugmentOptions` holds every option once, with the identity as its default and its rule in
-`__post_init__`; `PRESETS` maps each preset name to its options. This module imports neither
-TensorFlow nor Keras, so the command lines can check a preset name before TensorFlow loads.
+`__post_init__`; `PRESETS` maps each preset name to its options. `OPS` names single
+augmentations by the options each sets; ops joined with "+" (`crop+blur`, for ablations of
+augmentation pairs as in SimCLR's Fig. 5) name the union of their options, and
+`get_preset` resolves either form. This module imports neither TensorFlow nor Keras, so the
+command lines can check a preset name before TensorFlow loads.
 """
 
 from __future__ import annotations
@@ -194,17 +197,78 @@ PRESETS: dict[str, AugmentOptions] = {
 }
 
 
+# Single ops for compositions (`--augment crop+blur`): the options each sets, no two ops
+# setting the same one. Values of SimCLR's appendix A (its `natural` preset above) unless
+# said; each op alone acts on any image kind (colour ops on 1-channel images: see `color`).
+OPS: dict[str, dict[str, Any]] = {
+    # Random resized crop of 8-100 % of the area, aspect 3/4-4/3 (the crop_ratio default).
+    "crop": {"crop_scale": (0.08, 1.0)},
+    "flip": {"flip": "horizontal"},
+    # Rotation by up to ±45°, the `digits` preset's (SimCLR's "rotate" is quarter turns: rot90).
+    "rotate": {"rotation": 45.0},
+    # Quarter turns (0, 90, 180 or 270°), the `histology` preset's.
+    "rot90": {"rot90": True},
+    # Colour jitter of strength s = 0.5 with p = 0.8 (brightness, contrast, saturation 0.4,
+    # hue 0.1, random order); 1-channel images get its brightness and contrast part.
+    "color": {"color_strength": 0.5, "color_jitter_prob": 0.8},
+    # Random grayscale with p = 0.2 (nothing to do on 1-channel images).
+    "gray": {"grayscale_prob": 0.2},
+    # Gaussian blur with p = 0.5, sigma 0.1-2.0 px at 224 px (the blur_sigma default).
+    "blur": {"blur_prob": 0.5},
+}
+
+
+def _unknown(what: str) -> UserError:
+    return UserError(
+        f"unknown augmentation {what}; presets: {', '.join(PRESETS)}; "
+        f"ops to join with +: {', '.join(OPS)}"
+    )
+
+
+def compose(name: str) -> AugmentOptions:
+    """The options of ops joined with "+" (`"crop+blur"`): the union of the options each
+    op sets. Their order does not matter (the `Augmenter` applies geometry, colour,
+    grayscale, blur in its own order).
+
+    Raises:
+        UserError: an unknown op (naming the presets and the ops), an op given twice, or
+            two ops setting the same option.
+    """
+    fields: dict[str, Any] = {}
+    setter: dict[str, str] = {}
+    ops = name.split("+")
+    for index, op in enumerate(ops):
+        if op not in OPS:
+            raise _unknown(f"{op!r} in {name!r}")
+        if op in ops[:index]:
+            raise UserError(f"augmentation {name!r} names {op!r} twice")
+        for field, value in OPS[op].items():
+            if field in setter:
+                raise UserError(
+                    f"augmentation {name!r}: {setter[field]!r} and {op!r} both set {field}"
+                )
+            fields[field], setter[field] = value, op
+    return AugmentOptions(**fields)
+
+
 def get_preset(name: str) -> AugmentOptions:
-    """The options of a named preset, raising `UserError` for an unknown name."""
-    if name not in PRESETS:
-        raise UserError(f"unknown augmentation preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]
+    """The options of a preset name, or of ops joined with "+" (`compose`).
+
+    Raises:
+        UserError: an unknown name, one line naming the presets and the ops.
+    """
+    if name in PRESETS:
+        return PRESETS[name]
+    if isinstance(name, str) and (name in OPS or "+" in name):
+        return compose(name)
+    raise _unknown(f"preset {name!r}")
 
 
 def label_flip(preset: str) -> bool:
     """Whether horizontal flips preserve labels under `preset` (its `flip` includes them).
 
-    True for fashion, natural and histology; False for digits (a mirrored 2 is no digit)
-    and none. Raises `UserError` for an unknown name.
+    True for fashion, natural and histology and for compositions with `flip`; False for
+    digits (a mirrored 2 is no digit), none and compositions without `flip`. Raises
+    `UserError` for an unknown name.
     """
     return get_preset(preset).flip in ("horizontal", "horizontal_and_vertical")
