@@ -200,19 +200,27 @@ def _neighbours(task: Task, cache: FeatureCache, k: int, temperature: float) -> 
 
 
 def finetune(task: Task, encoder: keras.Model, cache: FeatureCache, options: ProtocolOptions):
-    """The whole network from the encoder: a new softmax head on `split.labeled` with the
-    label-set augmentation of the baselines, the encoder at `encoder_lr_scale` of the head's
-    learning rate, early-stopped on the validation labels (SimCLR's semi-supervised
-    protocol). BatchNorm layers keep their pretrained statistics (inference mode), which
-    a hundred labeled images could not re-estimate."""
+    """The whole network from the encoder, trained on `split.labeled` with the label-set
+    augmentation of the baselines, the encoder at `encoder_lr_scale` of the head's learning
+    rate, early-stopped on the validation labels (SimCLR's semi-supervised protocol).
+
+    The softmax head starts as the linear probe of the same labels (LP-FT: Kumar et al.
+    2022, "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-
+    Distribution"): a randomly initialised head sends random gradients into the encoder
+    during the first steps, and at 100 labels an epoch is a step or two, so a fresh head
+    was still near chance when early stopping ended the run. BatchNorm layers keep their
+    pretrained statistics (inference mode), which a hundred images could not re-estimate.
+    """
     from kerassl.supervised import label_augmenter, train_classifier
 
     split = task.split
+    probe = fit_linear_probe(
+        cache.train(split.labeled), task.y_train[split.labeled], task.num_classes, task.seed
+    )
     keras.utils.set_random_seed(task.seed)
     copy = keras.models.clone_model(encoder)
     copy.set_weights(encoder.get_weights())
-    head = keras.layers.Dense(task.num_classes, activation="softmax", name="classes")
-    model = FineTuner(copy, head, options.encoder_lr_scale)
+    model = FineTuner(copy, probe.dense(), options.encoder_lr_scale)
     validation = None
     if len(split.validation):
         validation = (task.x_train[split.validation], task.y_train[split.validation])
@@ -248,7 +256,8 @@ class FineTuner(keras.Model):
     def __init__(self, encoder: keras.Model, head: keras.layers.Layer, encoder_lr_scale: float):
         super().__init__(name="finetuned")
         self.encoder, self.head = encoder, head
-        head.build((None, encoder.output_shape[-1]))
+        if not head.built:
+            head.build((None, encoder.output_shape[-1]))
         self.encoder_lr_scale = float(encoder_lr_scale)
         self.encoder_optimizer: keras.optimizers.Optimizer | None = None
 
