@@ -1,0 +1,13 @@
+"""`kerassl benchmark`: methods and baselines compared on the same splits, resumably.
+
+- `definition.py`: a benchmark definition (YAML and flags) → a checked `Definition`, and
+  what a benchmark directory's recorded definition allows a re-run to change
+  (TensorFlow-free).
+- `cells.py`: the cells of a definition (pretraining, evaluation, search, baseline), their
+  stored results under `cells/`, the progress line and the time estimate (TensorFlow-free).
+- `stages.py`: what each kind of cell runs (TensorFlow).
+- `runner.py`: a whole benchmark: the cells in order, skipping finished ones, then the
+  outputs.
+- `tables.py`: results.csv and results.md; `plots.py`: the PNGs; `machine.py`: what the
+  benchmark ran on.
+"""
