@@ -10,6 +10,10 @@ COMMANDS = {
     "tune": "KerasTuner search for baselines and SSL settings (kerassl.tune)",
     "export": "export a run as a TF Serving SavedModel (kerassl.export)",
     "serve": "serve exported models over TF Serving's REST API (kerassl.serve)",
+    "evaluate": "evaluate an encoder with several protocols, label budgets and seeds "
+    "(kerassl.evaluate)",
+    "benchmark": "compare methods and baselines, resumable, with tables and plots "
+    "(kerassl.benchmark)",
 }
 
 
@@ -18,7 +22,7 @@ def main(argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: kerassl <command> [options]\n\ncommands:")
         for name, text in COMMANDS.items():
-            print(f"  {name:8s}{text}")
+            print(f"  {name:10s}{text}")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
