@@ -140,3 +140,58 @@ def test_unloadable_presets_are_one_line_user_errors(tmp_path):
             hub.hub_encoder(source, (28, 28, 1))
         message = str(error.value)
         assert reason in message and repr(source) in message and "\n" not in message
+
+
+def test_clip_features_are_the_image_tower_before_the_projection(tmp_path):
+    vision = keras_hub.models.CLIPVisionEncoder(
+        patch_size=8,
+        hidden_dim=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=32,
+        image_shape=(16, 16, 3),
+    )
+    text = keras_hub.models.CLIPTextEncoder(
+        vocabulary_size=10,
+        embedding_dim=8,
+        hidden_dim=8,
+        num_layers=1,
+        num_heads=1,
+        intermediate_dim=8,
+        max_sequence_length=4,
+    )
+    backbone = keras_hub.models.CLIPBackbone(vision, text, projection_dim=8)
+    preset = str(tmp_path / "clip_tiny")
+    backbone.save_to_preset(preset)
+    keras_hub.layers.CLIPImageConverter(
+        image_size=(16, 16), scale=1 / 127.5, offset=-1.0
+    ).save_to_preset(preset)
+    x, _ = tiny_images(8, size=28, channels=1)
+    features = extract_features(hub.hub_encoder(preset, (28, 28, 1)), x)
+
+    rgb = np.repeat(x, 3, axis=-1).astype(np.float32)
+    pixels = tf.image.resize(rgb, (16, 16), method="bilinear").numpy() / 127.5 - 1
+    sequence = keras.ops.convert_to_numpy(vision({"images": pixels}))  # [8, 1 + 4, 16]
+    assert features.shape == (8, 16)  # the tower's width, not the projection's 8
+    np.testing.assert_allclose(features, sequence[:, 0], atol=1e-5)
+
+
+def test_a_checkpoint_without_readable_preprocessing_is_refused(dinov2, monkeypatch):
+    # What keras-hub returns for e.g. an hf:// Transformers DINOv2: no converter config.
+    monkeypatch.setattr(keras_hub.layers.ImageConverter, "from_preset", lambda source: None)
+    with pytest.raises(UserError, match="reads no image preprocessing"):
+        hub.hub_encoder(str(dinov2[0]), (28, 28, 1))
+
+
+def test_input_size_rebuilds_the_backbone_at_that_size(dinov2):
+    preset, _ = dinov2
+    x, _ = tiny_images(8, size=28, channels=1)
+    features = extract_features(hub.hub_encoder(str(preset), (28, 28, 1), input_size=16), x)
+    backbone = keras_hub.models.Backbone.from_preset(str(preset), image_shape=(16, 16, 3))
+    rgb = np.repeat(x, 3, axis=-1).astype(np.float32)
+    resized = tf.image.resize(rgb, (16, 16), method="bilinear").numpy()
+    pixels = ((resized / 255 - MEAN) / STD).astype(np.float32)
+    expected = keras.ops.convert_to_numpy(backbone({"images": pixels}))[:, 0]
+    np.testing.assert_allclose(features, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="input_size must be an integer >= 8"):
+        hub.hub_encoder(str(preset), (28, 28, 1), input_size=4)

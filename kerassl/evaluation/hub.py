@@ -16,9 +16,12 @@ Inside the encoder's graph, in this order:
 3. The preset's own `ImageConverter` (loaded from the same preset, no constants written
    here): resize to the backbone's input size (bilinear, as the converter is configured),
    then scale and offset. The size is the backbone's fixed input size if its graph has
-   one, else the converter's `image_size`, else the images keep their size (a CNN
-   accepts any). A preset without an image converter gets an identity one (resize
-   only): its backbone sees [0, 255] pixels, which is what KerasHub feeds it then too.
+   one (the preset's, or `input_size` when the backbone is rebuilt for that), else the
+   converter's `image_size`, else the images keep their size (a CNN accepts any). A
+   KerasHub preset saved without an image converter gets an identity one (resize only):
+   its backbone sees [0, 255] pixels, which is what KerasHub feeds it then too. A
+   checkpoint converted from another format (an `hf://` Transformers repository) whose
+   preprocessing keras-hub cannot read is refused rather than fed raw pixels.
 4. The backbone, then one vector per image:
    - ViT-like backbones (DINOv2, DINOv3, ViT, DeiT), whose output is a token sequence
      [B, T, D]: the class token, position 0 (DINOv2's is after the final layer norm, the
@@ -47,6 +50,7 @@ from typing import Any
 
 import keras
 
+from kerassl.checks import RULES, check
 from kerassl.errors import UserError
 
 HANDLE_SCHEMES = ("kaggle://", "hf://", "modelscope://")
@@ -86,13 +90,18 @@ def is_hub_source(source: str) -> bool:
     return keras_hub is not None and source in keras_hub.models.Backbone.presets
 
 
-def hub_encoder(source: str, image_shape: tuple[int, int, int]) -> keras.Model:
+def hub_encoder(
+    source: str, image_shape: tuple[int, int, int], input_size: int | None = None
+) -> keras.Model:
     """A KerasHub preset's vision backbone as a kerassl encoder (see the module docstring).
 
     Args:
         source: a preset directory, a `kaggle://`/`hf://`/`modelscope://` handle or a
             built-in preset name.
         image_shape: the dataset's (height, width, channels), channels 1 or 3.
+        input_size: the side of the square images to rebuild the backbone for (passed to
+            `from_preset` as `image_shape`), e.g. 224 for a DINOv2 preset saved at 518
+            px (it interpolates its position embeddings); None keeps the preset's size.
 
     Returns:
         A functional model: float32 [B, *image_shape] images in [0, 1] → [B, D] features.
@@ -108,11 +117,14 @@ def hub_encoder(source: str, image_shape: tuple[int, int, int]) -> keras.Model:
     ```
     """
     height, width, channels = _checked_image_shape(image_shape)
+    if input_size is not None:
+        check("input_size", input_size, RULES["image_size"])
     keras_hub = _import_keras_hub_or_none()
     if keras_hub is None:
         raise UserError(f"the KerasHub preset {source!r} needs keras-hub: {INSTALL_HINT}")
     _check_found(keras_hub, source)
-    backbone = _load(source, keras_hub.models.Backbone.from_preset)
+    rebuilt = {} if input_size is None else {"image_shape": (input_size, input_size, 3)}
+    backbone = _load(source, keras_hub.models.Backbone.from_preset, **rebuilt)
     tower, key, (in_height, in_width, in_channels), poolers = _vision_tower(backbone, source)
     repeat = channels == 1 and in_channels == 3
     if in_channels not in (None, channels) and not repeat:
@@ -221,25 +233,37 @@ def _check_found(keras_hub, source: str) -> None:
     )
 
 
-def _load(source: str, from_preset):
-    """`from_preset(source)`, any failure (missing file, offline download, bad config)
-    becoming a one-line UserError."""
+def _load(source: str, from_preset, **kwargs):
+    """`from_preset(source, **kwargs)`, any failure (missing file, offline download, bad
+    config) becoming a one-line UserError."""
     try:
-        return from_preset(source)
+        return from_preset(source, **kwargs)
     except Exception as error:  # keras-hub, kagglehub and huggingface_hub raise many kinds
         raise UserError(f"cannot load KerasHub preset {source!r}: {_first_line(error)}") from None
 
 
 def _image_converter(keras_hub, source: str):
-    """The preset's image converter; an identity one (resize only) if it has none."""
+    """The preset's image converter; an identity one (resize only) for a KerasHub preset
+    saved without one.
+
+    A checkpoint keras-hub converts from another format (Hugging Face, timm) whose
+    preprocessing keras-hub does not read gives no converter either; feeding it raw
+    pixels would silently give poor features, so that is an error.
+    """
     try:
-        return keras_hub.layers.ImageConverter.from_preset(source)
+        converter = keras_hub.layers.ImageConverter.from_preset(source)
     except FileNotFoundError:
         return keras_hub.layers.ImageConverter()
     except Exception as error:
         raise UserError(
             f"cannot load the image converter of KerasHub preset {source!r}: {_first_line(error)}"
         ) from None
+    if converter is None:
+        raise UserError(
+            f"keras-hub reads no image preprocessing from {source!r}; use a KerasHub preset "
+            "(e.g. a built-in name or a kaggle:// handle) or one saved with its image converter"
+        )
+    return converter
 
 
 def _vision_tower(backbone, source: str):
