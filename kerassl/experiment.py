@@ -29,7 +29,7 @@ from kerassl.errors import RunFailed, UserError
 from kerassl.evaluation.features import extract_features
 from kerassl.evaluation.probes import linear_probe
 from kerassl.plan import Plan, prepare
-from kerassl.pretraining import measure_step_seconds, pretrain_with_state
+from kerassl.pretraining import budget_steps, measure_step_seconds, pretrain_with_state
 from kerassl.resume import CONTINUE, DONE, Decision, decide
 from kerassl.run_dir import RunDir, open_run
 
@@ -102,9 +102,11 @@ def run(
 
 
 def _budgeted(plan: Plan, run_dir: RunDir, decision: Decision, strategy) -> tuple[Plan, dict]:
-    """The plan of a `--time-budget` run: as many steps as the budget holds at the measured
-    step time, less the measurement's own time and a second compilation, in epochs of at
-    most one pass; a continued run keeps the step count its config.json records."""
+    """The plan of a `--time-budget` run: as many steps as the budget holds once the
+    measurement (`measure_step_seconds`: a short `fit` as the run's) and what the run
+    spends besides its steps (startup, epoch ends) are taken off, in epochs of at most
+    one pass (`budget_steps`); a continued run keeps the step count its config.json
+    records."""
     recorded = run_dir.read_json(files.CONFIG, {}) if decision.action == CONTINUE else {}
     budget = recorded.get("time_budget")
     if budget is None:
@@ -114,13 +116,15 @@ def _budgeted(plan: Plan, run_dir: RunDir, decision: Decision, strategy) -> tupl
                 "its own step time); give --epochs"
             )
         seconds = parse_duration(plan.config.time_budget)
-        step_seconds, compile_seconds, spent = measure_step_seconds(plan, strategy)
+        timing = measure_step_seconds(plan, strategy)
         budget = {
             "seconds": seconds,
-            "step_seconds": round(step_seconds, 4),
-            "compile_seconds": round(compile_seconds, 1),
-            "measurement_seconds": round(spent, 1),
-            "steps": max(1, int((seconds - spent - compile_seconds) / step_seconds)),
+            "steps": budget_steps(seconds, timing, plan.steps_per_epoch),
+            "step_seconds": round(timing.step, 4),
+            "startup_seconds": round(timing.startup, 1),
+            "first_epoch_end_seconds": round(timing.first_epoch_end, 2),
+            "epoch_end_seconds": round(timing.epoch_end, 2),
+            "measurement_seconds": round(timing.spent, 1),
         }
     return plan.with_steps(budget["steps"]), budget
 

@@ -2,15 +2,20 @@
 
 `build_method` turns a `TrainConfig` into an SSL model through the method registry;
 `pretrain` trains it on the plan's unlabeled pool, continuing from the run directory's
-checkpoint (`kerassl.checkpoint`) when there is one; `measure_step_seconds` times a step
-after compilation (`--time-budget`).
+checkpoint (`kerassl.checkpoint`) when there is one; `measure_step_seconds` times
+pretraining as `fit` runs it (steps after compilation, startup, epoch ends) and
+`budget_steps` turns that into the step count of a `--time-budget`.
 """
 
 from __future__ import annotations
 
+import math
+import tempfile
 import time
+from dataclasses import dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from kerassl import checkpoint
@@ -115,7 +120,7 @@ def pretrain_with_state(
     writes: bool = True,
 ) -> tuple[keras.Model, TrainingState]:
     """`pretrain`, also returning where training stands (steps, history, seconds)."""
-    config, data, split = plan.config, plan.data, plan.split
+    config, data = plan.config, plan.data
     keras.utils.set_random_seed(config.seed)
     strategy = strategy or tf.distribute.get_strategy()
     saved = None if run_dir is None else checkpoint.latest(run_dir / files.CHECKPOINTS)
@@ -131,31 +136,7 @@ def pretrain_with_state(
         )
         state = checkpoint.restore(model, saved) if saved is not None else TrainingState()
     writing = run_dir is not None and writes
-    checkpointer = checkpoint.Checkpointer(
-        run_dir / files.CHECKPOINTS if writing else None,
-        run_dir / files.HISTORY if writing else None,
-        parse_every(config.checkpoint_every),
-        state,
-    )
-    # The guard first: nothing after it sees (or checkpoints) a non-finite loss.
-    callbacks = [checkpoint.StopOnNonFinite(state.step)]
-    if config.knn_every:
-        # kNN accuracy of the validation labels against the training labels: a label-free
-        # training signal users can watch (the test split stays unseen).
-        query = split.validation if len(split.validation) else split.labeled
-        callbacks.append(
-            KNNMonitor(
-                data.x_train[split.labeled],
-                data.y_train[split.labeled],
-                data.x_train[query],
-                data.y_train[query],
-                every=config.knn_every,
-            )
-        )
-    callbacks.append(checkpointer)
-    if writing:
-        # TensorBoard reads local values and runs no collective op: the chief's only.
-        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / files.LOGS), write_graph=False))
+    callbacks, checkpointer = _callbacks(plan, state, run_dir if writing else None)
     # (first epoch, last epoch, steps of the first already done): an epoch resumed
     # mid-way first finishes its remaining steps in a `fit` of its own.
     epoch, done = divmod(state.step, plan.steps_per_epoch)
@@ -177,6 +158,40 @@ def pretrain_with_state(
         checkpointer.discard_pending()
         raise
     return model, state
+
+
+def _callbacks(
+    plan: Plan, state: TrainingState, run_dir: RunDir | None
+) -> tuple[list[keras.callbacks.Callback], checkpoint.Checkpointer]:
+    """The callbacks of a pretraining `fit` (and its `Checkpointer`), writing into
+    `run_dir` (checkpoints, history.csv, TensorBoard logs) unless it is None."""
+    config, data, split = plan.config, plan.data, plan.split
+    checkpointer = checkpoint.Checkpointer(
+        run_dir / files.CHECKPOINTS if run_dir is not None else None,
+        run_dir / files.HISTORY if run_dir is not None else None,
+        parse_every(config.checkpoint_every),
+        state,
+    )
+    # The guard first: nothing after it sees (or checkpoints) a non-finite loss.
+    callbacks = [checkpoint.StopOnNonFinite(state.step)]
+    if config.knn_every:
+        # kNN accuracy of the validation labels against the training labels: a label-free
+        # training signal users can watch (the test split stays unseen).
+        query = split.validation if len(split.validation) else split.labeled
+        callbacks.append(
+            KNNMonitor(
+                data.x_train[split.labeled],
+                data.y_train[split.labeled],
+                data.x_train[query],
+                data.y_train[query],
+                every=config.knn_every,
+            )
+        )
+    callbacks.append(checkpointer)
+    if run_dir is not None:
+        # TensorBoard reads local values and runs no collective op: the chief's only.
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / files.LOGS), write_graph=False))
+    return callbacks, checkpointer
 
 
 def _pretrain_data(plan: Plan, first: int, last: int, skip: int) -> tf.data.Dataset:
@@ -202,12 +217,59 @@ def _pretrain_data(plan: Plan, first: int, last: int, skip: int) -> tf.data.Data
     return dataset.with_options(options)
 
 
-def measure_step_seconds(plan: Plan, strategy=None, steps: int = 5) -> tuple[float, float, float]:
-    """Seconds per pretraining step after compilation, on a throwaway model built as the
-    run's; the seconds of its first step (tracing and compilation, which the run's own
-    model spends again); and the seconds the measurement took in all."""
+@dataclass(frozen=True)
+class StepTiming:
+    """What pretraining costs on this machine, measured on a throwaway model in a short
+    `fit` run as the run's (`measure_step_seconds`); `budget_steps` plans with it.
+
+    Attributes:
+        step: seconds per step as `fit` runs it after compilation, the per-step work of
+            the callbacks (the loss read, the checkpoint test) included.
+        startup: seconds before the first step proper, which the run spends again:
+            building the model, setting up `fit`, tracing and compiling the step.
+        first_epoch_end: seconds of the first epoch's end (the kNN monitor's first
+            embedding traces its function; the first checkpoint; TensorBoard's writer).
+        epoch_end: seconds of every later epoch's end (kNN monitor, checkpoint,
+            history.csv, TensorBoard).
+        spent: seconds the measurement took in all.
+    """
+
+    step: float
+    startup: float
+    first_epoch_end: float
+    epoch_end: float
+    spent: float
+
+
+class _StepClock(keras.callbacks.Callback):
+    """Reads `clock` at every step's and epoch's end, after the callbacks before it."""
+
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+        self.steps: list[list[float]] = []  # per epoch: each step's end
+        self.epochs: list[float] = []  # each epoch's end
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.steps.append([])
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps[-1].append(self.clock())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(self.clock())
+
+
+def measure_step_seconds(
+    plan: Plan, strategy=None, steps: int = 4, clock=time.monotonic
+) -> StepTiming:
+    """Times pretraining as the run will do it: a throwaway model built as the run's,
+    trained for 2 epochs of `steps` steps (>= 2) by `fit` with the run's callbacks
+    (writing into a temporary directory), and `clock` read at each step's and epoch's
+    end. The first step is the startup's; so is the time to the first one, and the
+    second step (the compiled step's first run) is not averaged."""
     strategy = strategy or tf.distribute.get_strategy()
-    started = time.monotonic()
+    started = clock()
     keras.utils.set_random_seed(plan.config.seed)
     with strategy.scope():
         model = build_method(
@@ -219,21 +281,45 @@ def measure_step_seconds(plan: Plan, strategy=None, steps: int = 5) -> tuple[flo
             sync_bn=plan.sync_bn,
             jit_compile=plan.jit_compile,
         )
-    batches = iter(_pretrain_data(plan, 0, 1, 0).repeat())
+    passes = math.ceil(2 * steps / plan.steps_per_epoch)  # enough batches for both epochs
+    timer = _StepClock(clock)
+    with tempfile.TemporaryDirectory(prefix="kerassl-timing-") as scratch:
+        callbacks, _ = _callbacks(plan, TrainingState(), RunDir(scratch))
+        model.fit(
+            _pretrain_data(plan, 0, passes, 0),
+            epochs=2,
+            steps_per_epoch=steps,
+            callbacks=[*callbacks, timer],  # the timer last: it sees the others' time
+            verbose=0,
+            shuffle=False,
+        )
+    first, later = timer.steps
+    intervals = np.diff(first[1:]).tolist() + np.diff(later).tolist()  # [2 steps - 3]
+    step = float(np.mean(intervals))
+    return StepTiming(
+        step=step,
+        startup=max(first[0] - started - step, 0.0),
+        first_epoch_end=max(later[0] - first[-1] - step, 0.0),  # with the next epoch's begin
+        epoch_end=timer.epochs[1] - later[-1],
+        spent=clock() - started,
+    )
 
-    def step():
-        batch = next(batches)
-        if isinstance(batch, tuple):  # (images, (labeled images, labels)): the online probe
-            model.train_on_batch(*batch)
-        else:
-            model.train_on_batch(batch)
 
-    first = time.monotonic()
-    step()  # tracing and compilation
-    compiled = time.monotonic()
-    step()  # a first run of the compiled step
-    timed = time.monotonic()
-    for _ in range(steps):
-        step()
-    now = time.monotonic()
-    return (now - timed) / steps, compiled - first, now - started
+def budget_steps(seconds: float, timing: StepTiming, steps_per_pass: int) -> int:
+    """The most steps (>= 1) a `--time-budget` of `seconds` holds when the run is planned
+    as `Plan.with_steps` plans it (ceil(steps / steps_per_pass) epochs): its measurement,
+    its startup, its steps and its epochs' ends.
+
+    The time left after the measurement, the startup and the first epoch's extra end
+    cost holds whole epochs of `steps_per_pass` steps plus one end each, then a partial
+    epoch of what remains after its end."""
+    room = seconds - timing.spent - timing.startup - (timing.first_epoch_end - timing.epoch_end)
+    per_epoch = steps_per_pass * timing.step + timing.epoch_end
+    epochs = max(_floor(room / per_epoch), 0)
+    rest = room - epochs * per_epoch - timing.epoch_end
+    return max(1, epochs * steps_per_pass + max(_floor(rest / timing.step), 0))
+
+
+def _floor(x: float) -> int:
+    """floor, forgiving rounding errors (50 / 0.1 = 499.99999999999994)."""
+    return math.floor(x + 1e-9)
