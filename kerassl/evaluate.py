@@ -86,6 +86,12 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--dataset", help="; ".join(f"{k} ({v})" for k, v in DATASET_FORMS.items()))
     g.add_argument("--data-dir", help="where local data lives")
     g.add_argument("--image-size", type=int, help="image size for a KerasHub source")
+    g.add_argument(
+        "--backbone-size",
+        type=int,
+        help="KerasHub source: rebuild the backbone at this input size (e.g. 224 for DINOv2, "
+        "whose presets are 518 px; default: the preset's)",
+    )
     g.add_argument("--offline", action="store_true", help="never download")
     g = p.add_argument_group("protocol settings")
     for name, (flag, kind, text) in _OPTION_FLAGS.items():
@@ -132,13 +138,19 @@ def main(argv=None) -> int:
     if args.validation is not None and not 0 <= args.validation < 1:
         raise UserError(f"--validation must be in [0, 1); got {args.validation}")
     if args.diagnostic_images < 2:
-        raise UserError(f"--diagnostic-images must be an integer >= 2; got {args.diagnostic_images}")
+        raise UserError(
+            f"--diagnostic-images must be an integer >= 2; got {args.diagnostic_images}"
+        )
     if args.augment is not None:
         from kerassl.data.presets import get_preset
 
         get_preset(args.augment)
     spec = check_source(args.source, args.dataset)
-    source = load_source(spec, args.dataset, args.data_dir, args.image_size, not args.offline)
+    if args.backbone_size is not None and spec.kind != "hub":
+        raise UserError("--backbone-size applies to KerasHub sources only")
+    source = load_source(
+        spec, args.dataset, args.data_dir, args.image_size, not args.offline, args.backbone_size
+    )
     if budgets is None:
         budgets = parse_budgets(source.labels)
     validation = source.validation if args.validation is None else args.validation
@@ -203,8 +215,14 @@ def evaluate(
     rows, start = [], time.perf_counter()
     for number, (protocol, (budget, seed)) in enumerate(cells, 1):
         row, _ = run_cell(
-            protocol, encoder, data, splits[budget, seed], flip=flip, seed=seed,
-            options=options, cache=cache,
+            protocol,
+            encoder,
+            data,
+            splits[budget, seed],
+            flip=flip,
+            seed=seed,
+            options=options,
+            cache=cache,
         )
         rows.append(row)
         say(
@@ -235,8 +253,13 @@ def evaluate(
             f"{validation:g} of the chosen labels held out for early stopping.",
         ]
         write_evaluation(
-            directory, rows, data.class_names, settings, f"Evaluation of {source.spec.name}",
-            lines, found,
+            directory,
+            rows,
+            data.class_names,
+            settings,
+            f"Evaluation of {source.spec.name}",
+            lines,
+            found,
         )
     return Path(out)
 

@@ -107,13 +107,14 @@ def test_finetune_fixed_schedule_at_one_label_per_class_and_copy():
     assert row["schedule"].startswith("fixed 5 epochs (no validation labels")
     assert row["selected"]["epochs_run"] == 5
     assert row["labels"] == "1/class"
-    for old, new in zip(before, encoder.get_weights()):
+    for old, new in zip(before, encoder.get_weights(), strict=True):
         np.testing.assert_array_equal(old, new)  # the evaluated encoder is not modified
     assert outcome.classifier.predict(data.x_test[:2] / 255.0, verbose=0).shape == (2, K)
 
 
 def test_finetuner_encoder_learns_at_its_fraction_of_the_rate():
-    """Adam's first update moves each weight with a gradient by its learning rate: the encoder's by `encoder_lr_scale` × the head's."""
+    """Adam's first update moves each weight with a gradient by its learning rate: the
+    encoder's by `encoder_lr_scale` × the head's."""
     moved = {}
     for scale in (1.0, 0.01):
         encoder, _ = build_fake_models(image_size=8, channels=1, num_classes=K, seed=2)
@@ -126,7 +127,7 @@ def test_finetuner_encoder_learns_at_its_fraction_of_the_rate():
         x = np.random.default_rng(0).random((8, 8, 8, 1)).astype("float32")
         model.fit(x, np.arange(8) % K, batch_size=8, epochs=1, verbose=0)
         moved[scale] = max(
-            float(np.abs(a - b).max()) for a, b in zip(start, encoder.get_weights())
+            float(np.abs(a - b).max()) for a, b in zip(start, encoder.get_weights(), strict=True)
         )
     assert moved[1.0] == pytest.approx(1e-2, rel=0.05)
     assert moved[0.01] == pytest.approx(1e-4, rel=0.05)

@@ -156,7 +156,8 @@ def label_split(y: np.ndarray, labels: LabelBudget, seed: int, validation: float
             chosen.
         labels: int N = N labels in total, spread evenly over the classes present (the
             remainder of N / num_classes goes to a seeded random subset of classes);
-            `PerClass(n)`: n examples of every class; float f in (0, 1] = round(f * n_c) examples of each class c, at least 1.
+            `PerClass(n)`: n examples of every class; float f in (0, 1] = round(f * n_c)
+            examples of each class c, at least 1.
         seed: seeds `np.random.default_rng`; same seed, same split.
         validation: fraction in [0, 1) of each class's chosen examples moved to the
             validation set (round half up, capped so that a class keeps at least one

@@ -22,9 +22,7 @@ from kerassl.evaluation.protocols import FeatureCache, Outcome, Task, run_protoc
 TOP_K = (1, 2, 3, 4, 5)
 
 
-def draw_split(
-    data: ImageData, budget: LabelBudget, seed: int, validation: float = 0.2
-) -> Split:
+def draw_split(data: ImageData, budget: LabelBudget, seed: int, validation: float = 0.2) -> Split:
     """The stratified label split of a cell (`kerassl.data.splits.label_split`)."""
     return label_split(data.y_train, budget, seed, validation)
 

@@ -2,11 +2,11 @@
 
 | protocol | trains on | selects / stops on | reference |
 |---|---|---|---|
-| `linear` | frozen features of every chosen label | C by cross-validation on them | SimCLR §4, B.5 |
+| `linear` | frozen features of every chosen label | C by cross-validation | SimCLR B.5 |
 | `mlp` | frozen features of `split.labeled` | early stopping on `split.validation` | study A |
 | `knn` | nothing (a bank of every chosen label) | nothing: k and τ are fixed | Wu et al. 2018 |
 | `1nn` | nothing (the same bank) | nothing | study C |
-| `finetune` | the whole network on `split.labeled`, augmented | early stopping on `split.validation` | SimCLR B.5 |
+| `finetune` | the network on `split.labeled`, augmented | early stopping (validation) | SimCLR |
 
 A protocol sees a `Task`: the training images and labels, the split and the test *images*.
 It never sees a test label: it returns test scores, which `kerassl.evaluation.cells.score`
@@ -97,7 +97,7 @@ class FeatureCache:
         missing = np.unique([i for i in indices.tolist() if i not in self._train])
         if len(missing):
             rows = extract_features(self.encoder, self.x_train[missing], self.batch_size)
-            self._train.update(zip(missing.tolist(), rows))
+            self._train.update(zip(missing.tolist(), rows, strict=True))
         if not len(indices):
             return np.zeros((0, self.encoder.output_shape[-1]), np.float32)
         return np.stack([self._train[i] for i in indices.tolist()])
@@ -267,8 +267,7 @@ class FineTuner(keras.Model):
     def compile(self, optimizer="adamw", **kwargs):
         super().compile(optimizer=optimizer, **kwargs)
         self.encoder_optimizer = keras.optimizers.AdamW(
-            float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
-            * self.encoder_lr_scale,
+            float(keras.ops.convert_to_numpy(self.optimizer.learning_rate)) * self.encoder_lr_scale,
             weight_decay=self.optimizer.weight_decay,
         )
         self.encoder_optimizer.build(self.encoder.trainable_variables)
@@ -286,9 +285,11 @@ class FineTuner(keras.Model):
             self.optimizer.learning_rate * self.encoder_lr_scale
         )
         self.encoder_optimizer.apply_gradients(
-            zip(gradients[: len(encoder_variables)], encoder_variables)
+            zip(gradients[: len(encoder_variables)], encoder_variables, strict=True)
         )
-        self.optimizer.apply_gradients(zip(gradients[len(encoder_variables) :], head_variables))
+        self.optimizer.apply_gradients(
+            zip(gradients[len(encoder_variables) :], head_variables, strict=True)
+        )
         return self.compute_metrics(images, labels, probabilities)
 
     def inference_model(self) -> keras.Model:

@@ -88,7 +88,7 @@ def per_class_csv(rows: Sequence[dict], class_names: Sequence[str]) -> str:
     writer = csv.writer(buffer)
     writer.writerow(["protocol", "labels", "seed", "class", "accuracy"])
     for row in rows:
-        for name, accuracy in zip(class_names, row["per_class"]):
+        for name, accuracy in zip(class_names, row["per_class"], strict=True):
             writer.writerow([row["protocol"], row["labels"], row["seed"], name, accuracy])
     return buffer.getvalue()
 
@@ -128,7 +128,9 @@ def results_markdown(
             cells = []
             for budget in budgets:
                 s = summary.get((protocol, budget))
-                cells.append("–" if s is None else f"{percent(s['mean'], s['std'], s['n'])} (n={s['n']})")
+                cells.append(
+                    "–" if s is None else f"{percent(s['mean'], s['std'], s['n'])} (n={s['n']})"
+                )
             text.append(f"| {protocol} | " + " | ".join(cells) + " |")
         text.append("")
     text += ["## How each protocol chose and stopped", ""]
@@ -173,7 +175,7 @@ def write_evaluation(
         with open(confusion_dir / f"{stem}.csv", "w", newline="") as file:
             writer = csv.writer(file)
             writer.writerow(["true \\ predicted", *class_names])
-            for name, counts in zip(class_names, matrix.tolist()):
+            for name, counts in zip(class_names, matrix.tolist(), strict=True):
                 writer.writerow([name, *counts])
         confusion_png(
             matrix, class_names, confusion_dir / f"{stem}.png", f"{protocol}, {budget} labels"

@@ -9,7 +9,7 @@ KerasHub preset, resolved into an encoder, its data and the settings it implies.
   fraction are then the dataset's default and 0.2. A `.keras` encoder fixes the image
   size; a KerasHub backbone takes the dataset's own size (it resizes inside its graph).
 
-`check_source` runs before TensorFlow loads; `load_source` loads the model and the data.
+`check_source` runs before any model or data loads; `load_source` loads them.
 """
 
 from __future__ import annotations
@@ -64,8 +64,14 @@ class Source:
 
 
 def check_source(source: str, dataset: str | None) -> SourceSpec:
-    """Decides what `source` is, without TensorFlow; `UserError` if it is none of them."""
+    """Decides what `source` is without loading it; `UserError` if it is none of them."""
+    from kerassl.evaluation.hub import is_hub_source
+
     path = Path(source)
+    if is_hub_source(source):  # a preset directory has a config.json too
+        _need_dataset(source, dataset)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.rstrip("/").split("/")[-1]) or "hub"
+        return SourceSpec(HUB, source, name)
     if path.is_dir() and (path / files.CONFIG).is_file():
         if not (path / files.ENCODER).is_file():
             raise UserError(
@@ -78,12 +84,6 @@ def check_source(source: str, dataset: str | None) -> SourceSpec:
             raise UserError(f"encoder file {source!r} does not exist")
         _need_dataset(source, dataset)
         return SourceSpec(KERAS, source, path.stem)
-    from kerassl.evaluation.hub import is_hub_source
-
-    if is_hub_source(source):
-        _need_dataset(source, dataset)
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.rstrip("/").split("/")[-1]) or "hub"
-        return SourceSpec(HUB, source, name)
     if path.is_dir():
         raise UserError(
             f"{source!r} is neither a kerassl run directory (no {files.CONFIG}) nor a KerasHub "
@@ -106,8 +106,10 @@ def load_source(
     data_dir: str | None = None,
     image_size: int | None = None,
     download: bool = True,
+    backbone_size: int | None = None,
 ) -> Source:
-    """Loads the encoder and the data of a checked source.
+    """Loads the encoder and the data of a checked source (`backbone_size`: the input size
+    a KerasHub backbone is rebuilt at, default the preset's).
 
     Raises:
         UserError: the data cannot be loaded or does not fit the encoder's input.
@@ -162,7 +164,7 @@ def load_source(
         from kerassl.evaluation.hub import hub_encoder
 
         data = load_dataset(dataset, data_dir, image_size, download)
-        encoder = hub_encoder(spec.path, data.image_shape)
+        encoder = hub_encoder(spec.path, data.image_shape, input_size=backbone_size)
     return Source(
         spec=spec,
         encoder=encoder,

@@ -37,5 +37,7 @@ def group_rows(rows: Sequence[dict], keys: Sequence[str], value: str = "top1") -
     summary = []
     for combination, values in groups.items():
         mean, std, count = mean_std(values)
-        summary.append(dict(zip(keys, combination)) | {"mean": mean, "std": std, "n": count})
+        summary.append(
+            dict(zip(keys, combination, strict=True)) | {"mean": mean, "std": std, "n": count}
+        )
     return summary
