@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from kerassl.errors import ArgumentParser, UserError, cli_entry
+from kerassl.settings_file import CONFIG_HELP, parse_with_settings
 
 
 def build_parser() -> ArgumentParser:
@@ -54,12 +55,17 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--tolerance", type=float, default=1e-5, help="with --verify: max abs diff (default 1e-5)"
     )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=CONFIG_HELP.format(example="run_dir: runs/x, name: fashion_simclr, top_k: 3"),
+    )
     return parser
 
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_with_settings(build_parser(), argv)
     if args.verify:
         if args.run_dir:
             raise UserError("give either RUN_DIR (to export) or --verify EXPORT_DIR, not both")

@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 
 from kerassl.errors import ArgumentParser, UserError, cli_entry
+from kerassl.settings_file import CONFIG_HELP, parse_with_settings
 
 # Longest wait for in-flight requests after SIGTERM: Kubernetes' default grace period
 # before it sends SIGKILL.
@@ -33,7 +34,9 @@ def build_parser() -> ArgumentParser:
         description="Serve every SavedModel under EXPORT_DIR (<name>/<version>/) with the "
         "TensorFlow Serving REST API (status, metadata, predict) and a prediction web page.",
     )
-    parser.add_argument("export_dir", help="TF Serving base directory written by kerassl.export")
+    parser.add_argument(
+        "export_dir", nargs="?", help="TF Serving base directory written by kerassl.export"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument(
         "--port", type=int, default=8501, help="port (default 8501, TF Serving's; 0 = any free)"
@@ -52,6 +55,11 @@ def build_parser() -> ArgumentParser:
         "TF Serving's --file_system_poll_wait_seconds (default 1; 0 = never)",
     )
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=CONFIG_HELP.format(example="export_dir: export, port: 8080, poll_seconds: 5"),
+    )
     return parser
 
 
@@ -62,6 +70,8 @@ def check_args(args) -> None:
     these mistakes are reported at once and alone on stderr. `make_server` checks the
     directory and the port again for library callers.
     """
+    if args.export_dir is None:
+        raise UserError("EXPORT_DIR is required (or export_dir in --config FILE)")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {args.port}")
     if not (math.isfinite(args.max_body_mb) and args.max_body_mb > 0):
@@ -124,7 +134,7 @@ def serve_until_sigterm(server) -> None:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_with_settings(build_parser(), argv)
     check_args(args)
     # Failed requests (e.g. bytes that are not an image) would each log a TensorFlow
     # warning with a graph trace; the client already gets the message as JSON.

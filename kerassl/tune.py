@@ -11,6 +11,7 @@ Examples:
     python -m kerassl.tune inceptionv3 --dataset stanford_dogs --labels 0.1 \\
         --tuner bayesian --max-trials 10
     python -m kerassl.tune tuning/cnn_fashion_mnist.yaml --max-trials 5
+    python -m kerassl.tune mlp --config tuning_runs/cnn-fashion_mnist/search.json
 
 Distributed tuning (KerasTuner's chief/worker mode) runs the same command in one chief
 and several worker processes, told apart by three environment variables:
@@ -43,6 +44,7 @@ from kerassl.data.presets import label_flip
 from kerassl.data.registry import load_dataset
 from kerassl.data.splits import label_split, parse_labels
 from kerassl.errors import ArgumentParser, UserError, cli_entry
+from kerassl.settings_file import read_floats, read_settings
 from kerassl.train import DATASET_HELP
 from kerassl.tuning.config import MODELS, TUNERS, SearchConfig, ssl_base_config
 from kerassl.tuning.distributed import tuner_role
@@ -81,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "target",
+        nargs="?",
         help=f"model to tune ({', '.join(MODELS)}) or a YAML search definition "
-        "such as tuning/cnn_fashion_mnist.yaml",
+        "such as tuning/cnn_fashion_mnist.yaml (or the definition as --config FILE)",
     )
     add = parser.add_argument
     add("--dataset", help=DATASET_HELP)
@@ -110,20 +113,46 @@ def build_parser() -> argparse.ArgumentParser:
         "(the chief's or a lone search's; workers never delete)",
     )
     add("--no-download", action="store_true", help="never let TFDS download a dataset")
+    add(
+        "--config",
+        metavar="FILE",
+        help="take the settings from a YAML or JSON search definition, as TARGET.yaml "
+        "(the same keys; e.g. a search's own search.json). TARGET is then left out or a "
+        "model name, which replaces the file's model; options given on the command line win",
+    )
     return parser
 
 
 def resolve_config(args: argparse.Namespace) -> SearchConfig:
-    """The YAML definition (or defaults for a model name) with CLI options on top."""
+    """The search definition (TARGET.yaml or `--config`; defaults for a model name), with
+    a model name and the CLI options on top."""
     target = args.target
-    if target.endswith((".yaml", ".yml")) or os.path.isfile(target):
-        config = SearchConfig.from_yaml(target)
-    elif target in MODELS:
-        config = SearchConfig(model=target)
-    else:
+    definition = target is not None and (
+        target.endswith((".yaml", ".yml")) or os.path.isfile(target)
+    )
+    if target is not None and not definition and target not in MODELS:
         raise UserError(
             f"unknown model {target!r}; choose one of {', '.join(MODELS)} "
             "or give a .yaml search definition"
+        )
+    defaults = dataclasses.asdict(SearchConfig())
+    if args.config is not None:
+        if definition:
+            raise UserError("give the search definition as TARGET or as --config, not both")
+        values = read_settings(args.config, list(defaults), defaults=defaults)
+        config = SearchConfig.from_dict(values, source=args.config)
+        if target is not None:
+            config.model = target
+    elif definition:
+        config = SearchConfig.from_yaml(target)
+        for name, value in read_floats(vars(config), defaults).items():  # as --config does
+            setattr(config, name, value)
+    elif target is not None:
+        config = SearchConfig(model=target)
+    else:
+        raise UserError(
+            f"give the model to tune ({', '.join(MODELS)}), a .yaml search definition, "
+            "or --config FILE"
         )
     for field in dataclasses.fields(SearchConfig):
         value = getattr(args, field.name, None)
