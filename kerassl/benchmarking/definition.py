@@ -20,7 +20,11 @@ baselines:                    # (default: study A's CNN, untuned and KerasTuner-
 baseline_epochs: 100
 tuning: {max_trials: 3, epochs: 30, patience: 10, tuner: random}
 protocol_options: {knn_k: 20}  # `ProtocolOptions`
-metrics: [top1, top5]          # one table per protocol family and metric
+metrics: [top1, top5]          # the tables' columns: each budget × each metric
+augment_pairs:                 # rows METHOD-OP1+OP2 for every pair of ops (and METHOD-OP
+  method: simclr               # alone), tabled as a matrix (SimCLR's Figure 5)
+  ops: [crop, color, blur, rotate]
+  protocol: 1nn
 full: {...}                    # the same keys at the study's scale, merged in by --full
 ```
 
@@ -71,6 +75,7 @@ KEYS = (
     "tuning",
     "protocol_options",
     "metrics",
+    "augment_pairs",
     "full",
 )
 DEFAULTS: dict[str, Any] = {
@@ -104,6 +109,7 @@ _ROW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _BASELINE_MODELS = ("cnn", "cnn_deep", "mlp", "resnet50", "inceptionv3")
 _BASELINE_KEYS = ("model", "tuned", "weights")
 _TUNING_KEYS = ("max_trials", "epochs", "patience", "tuner")
+_PAIRS_KEYS = ("method", "ops", "protocol", "settings")
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,31 @@ class Tuning:
 
 
 @dataclass(frozen=True)
+class AugmentPairs:
+    """An augmentation-pair matrix: one method row per pair of augmentation ops
+    (`kerassl.data.presets.OPS` joined with "+") and per op alone, tabled as a matrix.
+
+    Attributes:
+        method: the SSL method of the rows.
+        ops: the ops, in the matrix's order.
+        protocol: the protocol the matrix shows (at the first label budget).
+    """
+
+    method: str
+    ops: tuple[str, ...]
+    protocol: str
+
+    def row_name(self, first: str, second: str | None = None) -> str:
+        """`simclr-crop+blur` (a pair) or `simclr-crop` (an op alone)."""
+        ops = first if second is None or second == first else f"{first}+{second}"
+        return f"{self.method}-{ops}"
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(first, second) of each row: the diagonal and the upper triangle."""
+        return [(a, b) for i, a in enumerate(self.ops) for b in self.ops[i:]]
+
+
+@dataclass(frozen=True)
 class Definition:
     """A checked benchmark definition (see the module docstring for its keys)."""
 
@@ -184,6 +215,7 @@ class Definition:
     tuning: Tuning
     protocol_options: ProtocolOptions
     metrics: tuple[str, ...]
+    augment_pairs: AugmentPairs | None = None
 
     def train_config(self, row: MethodRow, runs: str | Path) -> TrainConfig:
         """The `kerassl train` settings of an SSL row: its run is `<runs>/<row name>`, the
@@ -377,6 +409,13 @@ def parse(values: Mapping[str, Any], source: str = "the command line") -> Defini
     if "epochs" in pretrain and "time_budget" in pretrain:
         raise UserError(f"pretrain: give epochs or time_budget, not both{where}")
     methods, supervised = _method_rows(values["methods"], where)
+    pairs = None
+    if values.get("augment_pairs") is not None:
+        pairs, generated = _augment_pairs(values["augment_pairs"], where)
+        taken = {row.name for row in methods} & {row.name for row in generated}
+        if taken:
+            raise UserError(f"methods{where} already has the augment_pairs row {taken.pop()}")
+        methods += generated
     baselines: tuple[BaselineRow, ...] = ()
     if supervised:
         baselines = _baseline_rows(values.get("baselines", DEFAULT_BASELINES), where)
@@ -398,7 +437,13 @@ def parse(values: Mapping[str, Any], source: str = "the command line") -> Defini
         tuning=_tuning(_mapping(values, "tuning", where), where),
         protocol_options=_protocol_options(_mapping(values, "protocol_options", where), where),
         metrics=_metrics(values.get("metrics", ("top1",)), where),
+        augment_pairs=pairs,
     )
+    if pairs is not None and pairs.protocol not in definition.protocols:
+        raise UserError(
+            f"augment_pairs.protocol {pairs.protocol!r}{where} must be one of the protocols "
+            f"({', '.join(definition.protocols)})"
+        )
     _validate(definition, where)
     return definition
 
@@ -549,6 +594,34 @@ def _baseline_rows(value: Any, where: str) -> tuple[BaselineRow, ...]:
             raise UserError(f"baselines.{name}{where}: {model} has no ImageNet weights")
         rows.append(BaselineRow(name, model, tuned, weights))
     return tuple(rows)
+
+
+def _augment_pairs(value: Any, where: str) -> tuple[AugmentPairs, tuple[MethodRow, ...]]:
+    """The matrix and its rows (each op's name is checked by `TrainConfig.validate`)."""
+    if not isinstance(value, Mapping):
+        raise UserError(f"augment_pairs{where} must be a mapping of method, ops, protocol")
+    _check_keys(value, _PAIRS_KEYS, f"augment_pairs{where}")
+    ops = tuple(dict.fromkeys(str(op).strip() for op in _joined(value.get("ops", "")).split(",")))
+    if len(ops) < 2 or not all(ops):
+        raise UserError(f"augment_pairs.ops{where} must name at least two augmentation ops")
+    method = value.get("method", "simclr")
+    if method not in METHODS:
+        raise UserError(
+            f"unknown method {method!r} in augment_pairs{where}; choose one of {', '.join(METHODS)}"
+        )
+    pairs = AugmentPairs(method, ops, str(value.get("protocol", "linear")))
+    extra = value.get("settings") or {}
+    if not isinstance(extra, Mapping):
+        raise UserError(f"augment_pairs.settings{where} must be a mapping of settings")
+    settings = _settings(extra, "augment_pairs.settings", where, method=False)
+    rows = tuple(
+        MethodRow(
+            pairs.row_name(a, b),
+            {**settings, "method": method, "augment": a if a == b else f"{a}+{b}"},
+        )
+        for a, b in pairs.pairs()
+    )
+    return pairs, rows
 
 
 def _tuning(values: dict[str, Any], where: str) -> Tuning:

@@ -97,20 +97,26 @@ def dry_run(definition: Definition, out: Path) -> str:
         sizes, note = _sizes(data), ""
     except UserError as error:
         sizes, note = Sizes(), f" (data not loaded: {error}; sizes of Fashion-MNIST assumed)"
+    from kerassl.benchmarking.stages import weights_missing
+
     cells = list_cells(definition)
     store = CellStore(out)
     progress = Progress(cells, lambda cell: estimate_seconds(cell, definition, sizes))
+    missing = {r.name for r in _rows(definition) if weights_missing(r, definition)}
     lines = []
     for index, cell in enumerate(cells, 1):
         stored = store.get(cell)
-        status = "done" if stored else f"~{duration(progress.estimate(cell))}"
+        if stored or cell.row in missing:
+            progress.finished(cell, stored.get("seconds") if stored else None)
+            status = "done" if stored else WEIGHTS_NOT_FOUND
+        else:
+            status = f"~{duration(progress.estimate(cell))}"
         lines.append(f"[{index}/{len(cells)}] {cell.describe()}: {status}")
-        if stored:
-            progress.finished(cell, stored.get("seconds"))
-    done = len(progress.done)
+    done = sum(store.get(cell) is not None for cell in cells)
     header = (
         f"{definition.title or 'benchmark'} on {definition.dataset}: {len(cells)} cells, "
-        f"{done} done in {out}; about {duration(progress.remaining())} to run{note}. "
+        f"{done} done in {out}, {len(missing)} row(s) lacking weights; "
+        f"about {duration(progress.remaining())} to run{note}. "
         "Estimates: fixed per-kind rates of a 2-core CPU scaled by the data's sizes (a time "
         "budget as given), or the mean of the same kind's finished cells. Nothing written."
     )
@@ -190,11 +196,10 @@ def _run_cells(definition, out, cells, store, data, log, verbose) -> dict:
     """Runs the cells not done; returns the skipped (row, budget or None) → why."""
     from kerassl.benchmarking.stages import Stages, weights_missing
 
-    rows = {r.name: r for r in (*definition.methods, *definition.baselines)}
     skipped = {
-        (name, None): WEIGHTS_NOT_FOUND
-        for name, r in rows.items()
-        if weights_missing(r, definition)
+        (row.name, None): WEIGHTS_NOT_FOUND
+        for row in _rows(definition)
+        if weights_missing(row, definition)
     }
     sizes = _sizes(data) if data is not None else Sizes()
     progress = Progress(cells, lambda cell: estimate_seconds(cell, definition, sizes))
@@ -226,6 +231,10 @@ def _run_cells(definition, out, cells, store, data, log, verbose) -> dict:
         if reason == WEIGHTS_NOT_FOUND:
             log(f"{name}: {reason}")
     return skipped
+
+
+def _rows(definition: Definition):
+    return (*definition.methods, *definition.baselines)
 
 
 def _outcome(result: dict[str, Any]) -> str:

@@ -221,7 +221,12 @@ class Stages:
             seed=0,
         )
         result = search.run_search(
-            config, hypermodel, self.data.x_train, self.data.y_train, split, log=self.log
+            config,
+            hypermodel,
+            self.data.x_train,
+            self.data.y_train,
+            split,
+            log=lambda line: self.log(f"  {cell.describe()}: {line}"),
         )
         return {
             "labels": cell.labels,

@@ -1,9 +1,10 @@
 """results.csv and results.md of a benchmark: every cell's row, and the studies' tables.
 
 results.md has a header (data, label budgets, pretraining budget, tuning, machine, time)
-and one table per protocol family and metric: rows are the method rows (× protocol when
-the family has several) and the supervised baselines, columns the label budgets, cells
-"mean ± std" over the seeds (`kerassl.evaluation.summary`).
+and one table per protocol family: rows are the method rows (× protocol when the family
+has several) and the supervised baselines, columns the label budgets (× the metrics,
+top-1 … top-5, when several), cells "mean ± std" over the seeds
+(`kerassl.evaluation.summary`); an augmentation-pair matrix when the definition has one.
 """
 
 from __future__ import annotations
@@ -154,10 +155,43 @@ def markdown(
         protocols = [p for p in definition.protocols if p in family]
         if not protocols:
             continue
-        for metric in definition.metrics:
-            lines += ["", *_table(definition, rows, title, protocols, metric, budgets, skipped)]
-            lines += _schedules(rows, protocols, budgets)
+        lines += ["", *_table(definition, rows, title, protocols, budgets, skipped)]
+        lines += _schedules(rows, protocols, budgets)
+    if definition.augment_pairs is not None:
+        lines += ["", *_pair_matrix(definition, rows, budgets[0], skipped)]
     return "\n".join(lines) + "\n"
+
+
+def _pair_matrix(definition, rows, budget, skipped) -> list[str]:
+    """The augmentation-pair matrix: first op (rows) × second op (columns), top-1 of the
+    pair's row under the matrix's protocol at one budget; the diagonal is an op alone."""
+    pairs = definition.augment_pairs
+    ops, protocol = pairs.ops, pairs.protocol
+    summary = {
+        g["row"]: g
+        for g in group_rows(rows, ("row", "protocol", "labels"), "top1")
+        if g["protocol"] == protocol and g["labels"] == budget
+    }
+    lines = [
+        f"## Augmentation pairs ({pairs.method}): {PROTOCOL_TITLES[protocol]} top-1 accuracy "
+        f"(%) at {budget} labels, mean ± std over the seeds; the diagonal is one op alone",
+        "",
+        "| first op, second op → | " + " | ".join(ops) + " |",
+        "|---|" + "---|" * len(ops),
+    ]
+    for i, first in enumerate(ops):
+        cells = []
+        for j, second in enumerate(ops):
+            name = pairs.row_name(*((first, second) if i <= j else (second, first)))
+            group = summary.get(name)
+            if skipped.get((name, None)):
+                cells.append(skipped[(name, None)])
+            elif group is None or not group["n"]:
+                cells.append("–")
+            else:
+                cells.append(percent(group["mean"], group["std"], group["n"]))
+        lines.append(f"| {first} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _label_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
@@ -168,25 +202,30 @@ def _label_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def _table(definition, rows, title, protocols, metric, budgets, skipped) -> list[str]:
-    seeds = len(definition.seeds)
-    k = metric[-1]
+def _table(definition, rows, title, protocols, budgets, skipped) -> list[str]:
+    """A family's table: a column per budget (× metric when several), a row per method
+    row (× protocol when several) and per baseline."""
+    seeds, metrics = len(definition.seeds), definition.metrics
+    names = ", ".join(f"top-{metric[-1]}" for metric in metrics)
+    columns = [(b, m) for b in budgets for m in metrics]
+    heads = [b if len(metrics) == 1 else f"{b} · top-{m[-1]}" for b, m in columns]
     lines = [
-        f"## {title}: top-{k} accuracy (%), mean ± std over {seeds} seed{'s' * (seeds > 1)}",
+        f"## {title}: {names} accuracy (%), mean ± std over {seeds} seed{'s' * (seeds > 1)}",
         "",
-        "| method | " + " | ".join(budgets) + " |",
-        "|---|" + "---|" * len(budgets),
+        "| method | " + " | ".join(heads) + " |",
+        "|---|" + "---|" * len(heads),
     ]
     summary = {
-        (g["row"], g["protocol"], g["labels"]): g
+        (g["row"], g["protocol"], g["labels"], metric): g
+        for metric in metrics
         for g in group_rows(rows, ("row", "protocol", "labels"), metric)
     }
 
     def cells(name: str, protocol: str) -> list[str]:
         out = []
-        for budget in budgets:
+        for budget, metric in columns:
             reason = skipped.get((name, None)) or skipped.get((name, budget))
-            group = summary.get((name, protocol, budget))
+            group = summary.get((name, protocol, budget, metric))
             if reason:
                 out.append(reason)
             elif group is None or not group["n"]:
