@@ -25,6 +25,7 @@ from kerassl.evaluation.options import (
     parse_seeds,
 )
 from kerassl.evaluation.sources import check_source, load_source
+from kerassl.settings_file import CONFIG_HELP, parse_with_settings
 
 _OPTION_FLAGS = {
     "knn_k": ("--knn-k", int, "neighbours of the weighted kNN"),
@@ -57,6 +58,7 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument(
         "source",
+        nargs="?",
         help="a kerassl run directory, an encoder .keras file, or a KerasHub preset (directory, "
         "kaggle://, hf:// handle or preset name; needs kerassl[hub])",
     )
@@ -124,13 +126,18 @@ def build_parser() -> ArgumentParser:
         help="output directory (default: RUN_DIR/eval-TIMESTAMP, else evals/NAME-TIMESTAMP)",
     )
     g.add_argument("--quiet", action="store_true", help="no progress lines")
+    g.add_argument(
+        "--config", metavar="FILE", help=CONFIG_HELP.format(example="protocol: linear,knn")
+    )
     return p
 
 
 @cli_entry
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    args = parse_with_settings(build_parser(), argv)
+    if args.source is None:
+        raise UserError("SOURCE is required (or source in --config FILE)")
     protocols = parse_protocols(args.protocol)
     seeds = parse_seeds(args.seeds)
     budgets = parse_budgets(args.labels) if args.labels is not None else None

@@ -103,6 +103,20 @@ def test_bad_input_is_one_line_and_writes_nothing(run, tmp_path, capsys, argv, m
     assert _listing(run) == before and not (tmp_path / "out").exists()
 
 
+def test_config_file_with_command_line_override(run, tmp_path, capsys):
+    config = tmp_path / "evaluate.yaml"
+    config.write_text("protocol: knn,1nn\nlabels: 30\nseeds: 0-1\nknn_k: 3\nno_diagnostics: true\n")
+    out = tmp_path / "eval"
+    assert main([str(run), "--config", str(config), "--seeds", "4", "--out", str(out)]) == 0
+    with open(out / "results.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [(r["protocol"], r["seed"]) for r in rows] == [("knn", "4"), ("1nn", "4")]
+    assert json.loads(rows[0]["selected"])["k"] == 3 and not (out / "tsne.png").exists()
+    config.write_text("protocols: knn\n")
+    assert main([str(run), "--config", str(config), "--out", str(tmp_path / "x")]) == 2
+    assert "did you mean protocol?" in capsys.readouterr().err
+
+
 def test_bad_sources(run, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     unfinished = tmp_path / "unfinished"
