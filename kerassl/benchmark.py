@@ -146,7 +146,12 @@ def main(argv=None) -> int:
     if args.dry_run:
         print(runner.dry_run(definition, out))
         return 0
-    runner.run(definition, out, verbose="auto" if args.verbose else 0)
+    from kerassl import checkpoint
+
+    # SIGTERM (SLURM's preemption notice, `kill`): a pretraining checkpoints at the end of
+    # its step, any other cell stops at once; exit 130, and the next run goes on from there.
+    with checkpoint.stop_on_sigterm():
+        runner.run(definition, out, verbose="auto" if args.verbose else 0)
     print(f"results: {out / 'results.md'}")
     return 0
 

@@ -12,7 +12,9 @@ pretrain: {epochs: 2, batch_size: 128}   # TrainConfig settings shared by every 
 methods:                      # table rows: a list of names, or name → TrainConfig overrides
   simclr: {}
   simclr-dot: {method: simclr, similarity: dot}
-  simclrv2: {source: weights/simclrv2.keras}   # a saved encoder, evaluated as it is
+  simclrv2: {source: weights/simclrv2.keras}   # a saved encoder (a local run directory,
+                              # .keras file or KerasHub preset directory), evaluated as it
+                              # is; "skipped: weights not found" when the path is missing
   supervised:                 # the baselines below
 baselines:                    # (default: study A's CNN, untuned and KerasTuner-tuned)
   cnn: {model: cnn}
@@ -119,7 +121,8 @@ class MethodRow:
     Attributes:
         name: the row's name (tables, run directory `runs/<name>`, cell files).
         settings: `TrainConfig` overrides of the row (with `method`), over `pretrain`.
-        source: a saved encoder (`.keras`) evaluated without pretraining, or None.
+        source: a saved encoder evaluated without pretraining (a local run directory,
+            encoder `.keras` file or KerasHub preset directory), or None.
     """
 
     name: str

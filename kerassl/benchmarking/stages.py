@@ -38,7 +38,8 @@ NO_VALIDATION = "– (no validation labels to tune on)"
 
 def weights_missing(row: MethodRow | BaselineRow, definition: Definition) -> bool:
     """Whether a row needs weights that are not on this machine: ImageNet weights not in
-    the Keras cache, or a saved encoder (`source`) that does not exist."""
+    the Keras cache, or a saved encoder (`source`) that is no local path (a KerasHub
+    handle or preset name would need a download, which a benchmark never starts)."""
     from kerassl.models.classifiers import imagenet_weights_available
 
     if isinstance(row, BaselineRow):
@@ -122,21 +123,14 @@ class Stages:
         return self._encoders[name]
 
     def _source_encoder(self, source: str):
-        """A saved encoder: a run directory, an encoder `.keras` file or a KerasHub preset
-        directory; flips follow the run's preset, else the benchmark's."""
-        import keras
+        """A saved encoder (`kerassl.evaluation.sources`: a run directory, an encoder
+        `.keras` file or a KerasHub preset directory) and its augmentation preset."""
+        from kerassl.evaluation.sources import check_source, load_source
 
-        import kerassl.models  # noqa: F401  (kerassl's layers, for .keras files)
-        from kerassl.evaluation.hub import hub_encoder, is_hub_source
-
-        path = Path(source)
-        if (path / files.CONFIG).is_file() and (path / files.SPLIT).is_file():
-            run = files.open_run(path, finished=True)
-            return run.load("encoder"), run.config["augment"]
-        preset = self.definition.pretrain.get("augment") or self.data.preset
-        if is_hub_source(source):
-            return hub_encoder(source, self.data.image_shape), preset
-        return keras.saving.load_model(path, compile=False), preset
+        definition = self.definition
+        spec = check_source(source, definition.dataset)
+        loaded = load_source(spec, definition.dataset, definition.data_dir, definition.image_size)
+        return loaded.encoder, loaded.preset
 
     # ------------------------------------------------------------------ stages
 
