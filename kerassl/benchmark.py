@@ -30,7 +30,7 @@ with: other settings are refused, other rows, budgets, seeds or protocols are we
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog="kerassl benchmark",
-        description="Compare SSL methods and supervised baselines on the same label splits: "
+        description="Compare SSL methods and supervised baselines on the same label splits:\n"
         "results.csv, results.md (mean ± std over seeds), accuracy_vs_labels.png, curves.png.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

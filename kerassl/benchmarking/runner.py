@@ -14,7 +14,7 @@
 A benchmark directory keeps the settings it was made with: a re-run with other settings
 is refused (`definition.changes`), one asking for other rows, budgets, seeds or protocols
 reuses the finished cells and runs the missing ones. A user error removes the directory
-only if this invocation created it. This module loads TensorFlow only to run cells.
+only if this invocation created it. Checking a directory loads no TensorFlow.
 """
 
 from __future__ import annotations
@@ -142,14 +142,13 @@ def run(
     cells = list_cells(definition)
     store = CellStore(out)
     todo = [cell for cell in cells if store.get(cell) is None]
-    created = recorded is None
+    created = not out.exists()
     data = facts = None
     if todo or recorded is None or "facts" not in recorded:
         data = _load_checked(definition)
         facts = {"data": _data_facts(definition, data)}
     try:
-        if created:
-            out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         record = definition.record()
         if recorded is not None:
             record = definitions.merged_record(recorded["definition"], record)

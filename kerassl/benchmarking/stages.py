@@ -111,8 +111,9 @@ class Stages:
         return label_flip(self.definition.pretrain.get("augment") or self.data.preset)
 
     def encoder(self, name: str):
-        """(encoder, flip, feature cache) of a method row, loaded once."""
+        """(encoder, flip, feature cache) of a method row, loaded once for its cells."""
         if name not in self._encoders:
+            self._encoders.clear()  # cells come row by row: one encoder in memory at a time
             row = self._row(name)
             if row.source is None:
                 run = files.open_run(self.run_path(name), finished=True)
