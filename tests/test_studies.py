@@ -92,3 +92,12 @@ def test_e_moco_topk_and_baselines():
     assert definition.metrics == ("top1", "top2", "top5") and definition.validation == 0.25
     assert [b.name for b in definition.baselines] == ["mlp", "mlp-tuned", "cnn", "cnn-tuned"]
     assert study("e_moco_mnist", True).methods[0].settings["queue_size"] == 4096
+
+
+def test_methods_flag_picks_rows_of_a_study():
+    definition = study("d_pathmnist_ablations", methods="simclr-t0.7,moco,supervised")
+    assert [(row.name, row.settings.get("temperature")) for row in definition.methods] == [
+        ("simclr-t0.7", 0.7),
+        ("moco", None),
+    ]
+    assert [b.name for b in definition.baselines] == ["cnn", "cnn-tuned"]

@@ -360,7 +360,8 @@ def resolve(
 ) -> Definition:
     """The definition of a file's `values` (with its `full:` section merged when `full`)
     and the command line's `overrides` (top-level keys; `pretrain` settings merged;
-    `epochs` or `time_budget` replacing every row's pretraining budget).
+    `epochs` or `time_budget` replacing every row's pretraining budget; `methods` as
+    comma-separated names picking the file's rows, or plain methods).
 
     Raises:
         UserError: one line naming the bad key or value.
@@ -379,6 +380,12 @@ def resolve(
     budget = {k: overrides.pop(k) for k in BUDGET_KEYS if overrides.get(k) is not None}
     if len(budget) > 1:
         raise UserError("--epochs and --time-budget exclude each other: give one")
+    methods = overrides.get("methods")
+    if isinstance(methods, str) and isinstance(values.get("methods"), Mapping):
+        # --methods picks rows of the definition by name (or adds plain methods).
+        rows = values["methods"]
+        overrides["methods"] = {n.strip(): rows.get(n.strip()) for n in methods.split(",")}
+        values["methods"] = {}
     values = merge(values, {k: v for k, v in overrides.items() if v is not None})
     if budget:
         values = _replace_budget(values, budget)

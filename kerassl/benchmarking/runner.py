@@ -267,8 +267,16 @@ def _write_outputs(definition, out, cells, store, skipped, facts, elapsed) -> No
     }
     bench = RunDir(out)
     bench.write_text("results.csv", tables.csv_text(rows))
+    figures = [path.relative_to(out) for path in plots.write(definition, out, rows)]
+    previews = [Path("augmentations") / f"{row.name}.png" for row in definition.pretrained_rows]
+    figures += [path for path in previews if (out / path).is_file()]
     markdown = tables.markdown(
-        definition, rows, facts=facts, pretraining=pretraining, tuning=tuning, skipped=skipped
+        definition,
+        rows,
+        facts=facts,
+        pretraining=pretraining,
+        tuning=tuning,
+        skipped=skipped,
+        figures=[str(path) for path in figures],
     )
     bench.write_text("results.md", markdown)
-    plots.write(definition, out, rows)

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from kerassl.benchmarking.cells import duration
@@ -67,22 +68,24 @@ def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def pretraining_budget(definition: Definition, pretraining: Mapping[str, Mapping]) -> str:
-    """How the rows' pretraining compares: equal steps, equal wall-clock, or per row."""
-    rows = [name for name in (r.name for r in definition.pretrained_rows) if name in pretraining]
-    if not rows:
+    """How the rows' pretraining compares: equal steps, equal wall-clock, or per row; with
+    the seconds each trained (compilation and the run's own probe not counted)."""
+    done = {
+        r.name: pretraining[r.name] for r in definition.pretrained_rows if r.name in pretraining
+    }
+    if not done:
         return "none (no method row is pretrained)"
-    done = [pretraining[name] for name in rows]
-    budgets = {p.get("time_budget") for p in done}
+    budgets = {p.get("time_budget") for p in done.values()}
+    shapes = {(p["epochs"], p["steps_per_epoch"], p["batch_size"]) for p in done.values()}
     if len(budgets) == 1 and None not in budgets:
         each = ", ".join(
-            f"{n} {p['steps']} steps of {p['batch_size']} ({p['seconds']:.0f} s)"
-            for n, p in zip(rows, done, strict=True)
+            f"{n} {p['steps']} steps of {p['batch_size']} images in {p['pretrain_seconds']:.0f} s"
+            for n, p in done.items()
         )
         return f"equal wall-clock, {duration(budgets.pop())} per method: {each}"
-    shapes = {(p["epochs"], p["steps_per_epoch"], p["batch_size"]) for p in done}
     if len(shapes) == 1 and budgets == {None}:
         epochs, steps, batch = shapes.pop()
-        each = ", ".join(f"{n} {p['seconds']:.0f} s" for n, p in zip(rows, done, strict=True))
+        each = ", ".join(f"{n} {p['pretrain_seconds']:.0f} s" for n, p in done.items())
         return (
             f"equal steps, {_plural(epochs, 'epoch')} × {steps} steps of {batch} images per "
             f"method: {each}"
@@ -90,8 +93,8 @@ def pretraining_budget(definition: Definition, pretraining: Mapping[str, Mapping
     each = "; ".join(
         f"{n} {p['epochs']} × {p['steps_per_epoch']} steps of {p['batch_size']}"
         + (f" (budget {duration(p['time_budget'])})" if p.get("time_budget") else "")
-        + f", {p['seconds']:.0f} s"
-        for n, p in zip(rows, done, strict=True)
+        + f", {p['pretrain_seconds']:.0f} s"
+        for n, p in done.items()
     )
     return f"per row (not equal): {each}"
 
@@ -122,6 +125,7 @@ def markdown(
     pretraining: Mapping[str, Mapping] = {},
     tuning: Mapping[tuple[str, str], Mapping] = {},
     skipped: Mapping[tuple[str, str | None], str] = {},
+    figures: Sequence[str] = (),
 ) -> str:
     """results.md.
 
@@ -132,6 +136,7 @@ def markdown(
         pretraining: method row → its pretraining cell.
         tuning: (baseline, label budget) → its search cell.
         skipped: (row, label budget or None for every budget) → why it has no result.
+        figures: PNGs to show below the tables, relative to results.md.
     """
     budgets = [budget_name(b) for b in definition.labels]
     seeds = ", ".join(map(str, definition.seeds))
@@ -159,6 +164,9 @@ def markdown(
         lines += _schedules(rows, protocols, budgets)
     if definition.augment_pairs is not None:
         lines += ["", *_pair_matrix(definition, rows, budgets[0], skipped)]
+    if figures:
+        lines += ["", "## Figures", ""]
+        lines += [f"![{Path(name).stem}]({name})" for name in figures]
     return "\n".join(lines) + "\n"
 
 
