@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,31 +227,9 @@ class TrainConfig:
             UserError: unreadable file, not a mapping, or an unknown setting (with the
                 closest known name).
         """
-        import yaml
+        from kerassl.settings_file import read_settings
 
-        try:
-            with open(path) as file:
-                text = file.read()
-            try:
-                values = json.loads(text)  # config.json; YAML would read 1e-06 as a string
-            except json.JSONDecodeError:
-                values = yaml.safe_load(text)
-        except (OSError, yaml.YAMLError) as error:
-            raise UserError(f"cannot read --config {path}: {error}".splitlines()[0]) from None
-        if not isinstance(values, dict):
-            raise UserError(f"--config {path} must hold a mapping of settings")
-        values = dict(values.get("settings", values))
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in values:
-            if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f"; did you mean {close[0]}?" if close else ""
-                raise UserError(f"unknown setting {key!r} in {path}{hint}")
+        defaults = dataclasses.asdict(cls())
+        values = read_settings(path, list(defaults), "--config", defaults)
         values.pop("run_name", None)
-        for name, default in dataclasses.asdict(cls()).items():
-            if isinstance(default, float) and isinstance(values.get(name), str):
-                try:  # YAML 1.1 reads 1e-6 (no dot) as a string
-                    values[name] = float(values[name])
-                except ValueError:
-                    pass  # validate() names the setting and what it accepts
         return values
