@@ -49,7 +49,7 @@ def write(definition: Definition, bench: Path, rows: Sequence[Mapping[str, Any]]
 
     written = []
     points = accuracy_points(definition, rows)
-    title = f"{definition.title or 'benchmark'}: top-1 on {definition.dataset}"
+    title = f"top-1 accuracy vs labeled images on {definition.dataset}"
     if points:
         written.append(accuracy_vs_labels_png(points, bench / ACCURACY_PNG, title=title))
     curves = {
