@@ -60,6 +60,7 @@ def test_feature_protocols_separable_vs_random(protocol):
         assert low <= row["top1"] <= high, (protocol, separable, row["top1"])
         assert row["num_labeled"] == 40 and row["num_validation"] == 12
         assert sum(map(sum, row["confusion"])) == len(data.y_test)
+        assert ("top2" in row) == (protocol != "1nn")  # one vote ranks no second class
 
 
 def test_no_protocol_sees_the_test_labels():

@@ -32,14 +32,14 @@ def feature_cache(encoder: keras.Model, data: ImageData, batch_size: int = 256) 
     return FeatureCache(encoder, data.x_train, data.x_test, batch_size)
 
 
-def score(scores: np.ndarray, y_test: np.ndarray, num_classes: int) -> dict:
-    """Top-1…5 (those below K), per-class accuracy and the confusion matrix of [T, K]
-    test scores, JSON-ready."""
+def score(scores: np.ndarray, y_test: np.ndarray, num_classes: int, ks=TOP_K) -> dict:
+    """Top-k for each of `ks` below K, per-class accuracy and the confusion matrix of
+    [T, K] test scores, JSON-ready."""
     y_test = np.asarray(y_test).astype(np.int64)
     confusion = confusion_matrix(y_test, np.argmax(scores, axis=1), num_classes)
     per_class = [None if np.isnan(v) else float(v) for v in per_class_accuracy(confusion)]
     return {
-        **topk_accuracy(scores, y_test, ks=TOP_K),
+        **topk_accuracy(scores, y_test, ks=ks),
         "per_class": per_class,
         "confusion": confusion.tolist(),
     }
@@ -96,7 +96,7 @@ def run_cell(
         "seed": split.seed,
         "num_labeled": int(len(split.all_labeled)),
         "num_validation": int(len(split.validation)),
-        **score(outcome.scores, data.y_test, data.num_classes),
+        **score(outcome.scores, data.y_test, data.num_classes, TOP_K if outcome.ranked else (1,)),
         "schedule": outcome.schedule,
         "selected": outcome.selected,
         "seconds": round(seconds, 2),

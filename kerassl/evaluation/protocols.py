@@ -64,12 +64,15 @@ class Outcome:
         schedule: how the protocol chose and stopped, in words.
         selected: what it chose on the training labels (C, epochs, k, …), JSON-ready.
         classifier: [0, 1] images → class probabilities, when the protocol trains one.
+        ranked: whether the scores rank every class; a 1-NN vote scores one class, so
+            only its top-1 is reported.
     """
 
     scores: np.ndarray
     schedule: str
     selected: dict = field(default_factory=dict)
     classifier: keras.Model | None = None
+    ranked: bool = True
 
 
 class FeatureCache:
@@ -196,6 +199,7 @@ def _neighbours(task: Task, cache: FeatureCache, k: int, temperature: float) -> 
         scores=scores,
         schedule=f"no training: k = {k}, τ = {temperature:g}, bank of {len(labeled)} labels",
         selected={"k": k, "temperature": temperature},
+        ranked=k > 1,
     )
 
 
