@@ -28,18 +28,7 @@ def randn(seed, *shape):
 
 
 def np_nt_xent_dot_per_anchor(z1, z2, tau):
-    """SimCLR eq. (1) with sim(u, v) = uᵀv, no ℓ2 normalisation (the paper's Table 5 "dot
-    product"), one anchor at a time over the 2N views, anchors [z1; z2]."""
-    z = np.concatenate([z1, z2]).astype(np.float64)
-    two_n = len(z)
-    n = two_n // 2
-    losses = []
-    for i in range(two_n):
-        j = (i + n) % two_n  # the other view of image i
-        numerator = np.exp(z[i] @ z[j] / tau)
-        denominator = sum(np.exp(z[i] @ z[k] / tau) for k in range(two_n) if k != i)
-        losses.append(-np.log(numerator / denominator))
-    return np.array(losses)
+    return np_nt_xent_per_anchor(z1, z2, tau, similarity="dot")
 
 
 NT_XENT_REFERENCES = {"cosine": np_nt_xent_per_anchor, "dot": np_nt_xent_dot_per_anchor}

@@ -19,6 +19,7 @@ from typing import Any
 from kerassl.benchmarking.cells import duration
 from kerassl.benchmarking.definition import Definition
 from kerassl.evaluation.options import budget_name
+from kerassl.evaluation.report import RESULT_COLUMNS
 from kerassl.evaluation.summary import group_rows, percent
 
 # Protocol families: one table each, with the protocols of the definition among them.
@@ -34,23 +35,7 @@ PROTOCOL_TITLES = {
     "1nn": "1-NN",
     "finetune": "fine-tuned",
 }
-CSV_COLUMNS = (
-    "row",
-    "stage",
-    "protocol",
-    "labels",
-    "seed",
-    "num_labeled",
-    "num_validation",
-    "top1",
-    "top2",
-    "top3",
-    "top4",
-    "top5",
-    "schedule",
-    "selected",
-    "seconds",
-)
+CSV_COLUMNS = ("row", "stage", *RESULT_COLUMNS)
 WEIGHTS_NOT_FOUND = "skipped: weights not found"
 
 

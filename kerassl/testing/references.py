@@ -9,10 +9,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def np_nt_xent_per_anchor(z1, z2, tau):
-    """SimCLR eq. (1), one anchor at a time: ℓ(i, j) over the 2N views, anchors [z1; z2]."""
+def np_nt_xent_per_anchor(z1, z2, tau, similarity="cosine"):
+    """SimCLR eq. (1), one anchor at a time: ℓ(i, j) over the 2N views, anchors [z1; z2].
+    sim(u, v) is the cosine similarity, or with `similarity="dot"` uᵀv without ℓ2
+    normalisation (the paper's Table 5 "dot product")."""
     z = np.concatenate([z1, z2]).astype(np.float64)
-    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    if similarity == "cosine":
+        z = z / np.linalg.norm(z, axis=1, keepdims=True)
     two_n = len(z)
     n = two_n // 2
     losses = []
