@@ -29,6 +29,9 @@ _RULES_OF_FIELDS = {
     "queue_size": "queue_size",
     "bn_groups": "bn_groups",
     "bt_lambda": "lambda_",
+    "vicreg_lambda": "invariance_weight",
+    "vicreg_mu": "variance_weight",
+    "vicreg_nu": "covariance_weight",
     "knn_every": "knn_every",
     "baseline_epochs": "baseline_epochs",
 }
@@ -73,14 +76,21 @@ class TrainConfig:
     hidden_dim: int = 512
     temperature: float = 0.2  # SimCLR/MoCo; 0.2 beat 0.5 on Fashion-MNIST (71.3 vs 70.8 % probe)
     similarity: str = "cosine"  # SimCLR's NT-Xent: cosine, or dot (un-normalised, Table 5)
-    # MoCo (He et al. 2020, v2: Chen et al. 2020)
-    momentum: float = 0.99  # moving-average momentum m of the key encoder
+    # MoCo (He et al. 2020, v2: Chen et al. 2020) and BYOL (Grill et al. 2020)
+    # Moving-average momentum: MoCo's m of the key encoder; BYOL's τ_base, raised to 1 by a
+    # cosine over the run (0.996 in BYOL's 1000-epoch runs, 0.99 in its 300-epoch ones).
+    momentum: float = 0.99
     queue_size: int = 4096  # negative keys K (65536 in the paper; 4096 for small datasets)
     symmetric: bool = False  # add the loss with the two views swapped (MoCo v3)
     bn_groups: int = 4  # Shuffling BN groups against BatchNorm leakage (1: plain BatchNorm)
     # Barlow Twins (Zbontar et al. 2021)
     bt_lambda: float = 5e-3  # weight λ of the off-diagonal (redundancy) term
-    projector_dims: str = "1024,1024,1024"  # widths of the projector's linear layers
+    # Widths of the linear layers of Barlow Twins' projector, SimSiam's, VICReg's expander.
+    projector_dims: str = "1024,1024,1024"
+    # VICReg (Bardes et al. 2022): weights of the invariance, variance, covariance terms
+    vicreg_lambda: float = 25.0
+    vicreg_mu: float = 25.0
+    vicreg_nu: float = 1.0
     epochs: int = 10
     steps_per_epoch: int | None = None  # None: one pass over the unlabeled pool
     batch_size: int = 256

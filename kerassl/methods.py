@@ -83,6 +83,32 @@ METHODS: dict[str, MethodSpec] = {
             projector="kerassl.models.barlow_twins:build_projector",
             summary="Barlow Twins: cross-correlation of the views towards the identity",
         ),
+        MethodSpec(
+            "byol",
+            "kerassl.models.byol:BYOL",
+            # --momentum is τ_base, raised to 1 over the run; the predictor is as wide as the
+            # head's hidden layer. K is the learning-rate schedule's step count.
+            {"momentum": "base_momentum", "hidden_dim": "predictor_hidden_dim"},
+            summary="BYOL: predict a moving-average target network's projection",
+        ),
+        MethodSpec(
+            "simsiam",
+            "kerassl.models.simsiam:SimSiam",
+            {"hidden_dim": "predictor_hidden_dim"},
+            projector="kerassl.models.simsiam:build_projector",
+            summary="SimSiam: predict the other view's projection, with a stop-gradient",
+        ),
+        MethodSpec(
+            "vicreg",
+            "kerassl.models.vicreg:VICReg",
+            {
+                "vicreg_lambda": "invariance_weight",
+                "vicreg_mu": "variance_weight",
+                "vicreg_nu": "covariance_weight",
+            },
+            projector="kerassl.models.barlow_twins:build_projector",
+            summary="VICReg: invariance, variance and covariance terms on the embeddings",
+        ),
     )
 }
 

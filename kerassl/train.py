@@ -84,7 +84,8 @@ def build_parser() -> ArgumentParser:
         "--hidden-dim",
         type=int,
         default=d.hidden_dim,
-        help="size of the head's hidden layers (default %(default)s)",
+        help="size of the head's hidden layers, and of the predictor's of byol and simsiam "
+        "(default %(default)s)",
     )
     g.add_argument(
         "--temperature",
@@ -98,12 +99,13 @@ def build_parser() -> ArgumentParser:
         help="SimCLR's NT-Xent similarity: cosine (default) or dot (raw dot products of "
         "the projections / temperature, no l2 normalisation; SimCLR Table 5)",
     )
-    g = p.add_argument_group("moco")
+    g = p.add_argument_group("moco and byol")
     g.add_argument(
         "--momentum",
         type=float,
         default=d.momentum,
-        help="moving-average momentum m of the key encoder (default %(default)s)",
+        help="moving-average momentum: moco's m of the key encoder; byol's τ_base of the "
+        "target network, raised to 1 by a cosine over the run (default %(default)s)",
     )
     g.add_argument(
         "--queue-size",
@@ -123,18 +125,37 @@ def build_parser() -> ArgumentParser:
         help="Shuffling BN groups against BatchNorm leakage, dividing the batch; "
         "1 = plain BatchNorm (default %(default)s)",
     )
-    g = p.add_argument_group("barlow_twins")
+    g = p.add_argument_group("barlow_twins, simsiam and vicreg")
     g.add_argument(
         "--bt-lambda",
         type=float,
         default=d.bt_lambda,
-        help="weight λ of the off-diagonal term (default %(default)s)",
+        help="barlow_twins' weight λ of the off-diagonal term (default %(default)s)",
     )
     g.add_argument(
         "--projector-dims",
         default=d.projector_dims,
-        help="widths of the projector's linear layers, replacing --head/--projection-dim/"
-        "--hidden-dim (default %(default)s)",
+        help="widths of the linear layers of the projector (barlow_twins, simsiam) or "
+        "expander (vicreg), replacing --head/--projection-dim (default %(default)s)",
+    )
+    g = p.add_argument_group("vicreg")
+    g.add_argument(
+        "--vicreg-lambda",
+        type=float,
+        default=d.vicreg_lambda,
+        help="weight λ of the invariance (mean squared error) term (default %(default)s)",
+    )
+    g.add_argument(
+        "--vicreg-mu",
+        type=float,
+        default=d.vicreg_mu,
+        help="weight μ of the variance (standard-deviation hinge) term (default %(default)s)",
+    )
+    g.add_argument(
+        "--vicreg-nu",
+        type=float,
+        default=d.vicreg_nu,
+        help="weight ν of the covariance (off-diagonal) term (default %(default)s)",
     )
     g = p.add_argument_group("optimisation")
     g.add_argument(

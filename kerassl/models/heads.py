@@ -49,3 +49,24 @@ def build_head(
         x = layers.ReLU(name=f"relu{i}")(x)
     x = layers.Dense(output_dim, name="projection")(x)
     return keras.Model(inputs, x, name=name)
+
+
+def build_predictor(
+    input_dim: int, hidden_dim: int, sync_bn: bool = False, name: str = "predictor"
+) -> keras.Model:
+    """The predictor of BYOL and SimSiam: an MLP from the projection space to itself.
+
+    BYOL: "the predictor q_θ uses the same architecture as g_θ", a linear layer, BatchNorm,
+    ReLU and a linear layer to the projection size (Grill et al. 2020, section 3.3).
+    SimSiam: "The prediction MLP (h) has BN applied to its hidden fc layers. Its output fc
+    does not have BN or ReLU. This MLP has 2 layers", a bottleneck whose hidden layer is a
+    quarter of its output (512 for 2048; Chen & He 2021, section 4). This is the `mlp` head
+    with its output as wide as its input.
+
+    Args:
+        input_dim: size of the projections (and of the predictions).
+        hidden_dim: size of the hidden layer.
+        sync_bn: synchronise BatchNorm statistics across replicas.
+        name: model name.
+    """
+    return build_head("mlp", input_dim, input_dim, hidden_dim, sync_bn=sync_bn, name=name)
