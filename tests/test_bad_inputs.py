@@ -40,7 +40,7 @@ TRAIN_CASES = {
     "momentum": (["moco", "--momentum", "1.0"], "--momentum must be in [0, 1); got 1.0"),
     "checkpoint period": (["--checkpoint-every", "5 min"], "--checkpoint-every must be"),
     # unknown names
-    "method": (["simsiam"], "unknown method 'simsiam'; choose one of simclr"),
+    "method": (["swav"], "unknown method 'swav'; choose one of simclr"),
     "dataset": (["--dataset", "no_such_set"], "unknown dataset 'no_such_set'"),
     "encoder": (["--encoder", "vgg16"], "unknown encoder 'vgg16'; choose one of cnn"),
     "head": (["--head", "mlp3"], "unknown head 'mlp3'; choose one of linear"),

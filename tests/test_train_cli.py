@@ -11,7 +11,7 @@ from kerassl.train import main
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["simsiam", "--dataset", "digits"], "unknown method 'simsiam'"),
+        (["swav", "--dataset", "digits"], "unknown method 'swav'"),
         (["simclr", "--dataset", "no_such_dataset_xyz"], "no_such_dataset_xyz"),
         (
             ["simclr", "--dataset", "digits", "--labels", "1500"],
