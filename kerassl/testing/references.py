@@ -93,9 +93,7 @@ def np_vicreg(z_a, z_b, lambd=25.0, mu=25.0, nu=1.0, gamma=1.0, eps=1e-4):
     sim_loss = np.mean((z_a - z_b) ** 2)
     std_z_a = np.sqrt(z_a.var(axis=0, ddof=1) + eps)
     std_z_b = np.sqrt(z_b.var(axis=0, ddof=1) + eps)
-    std_loss = np.mean(np.maximum(0.0, gamma - std_z_a)) + np.mean(
-        np.maximum(0.0, gamma - std_z_b)
-    )
+    std_loss = np.mean(np.maximum(0.0, gamma - std_z_a)) + np.mean(np.maximum(0.0, gamma - std_z_b))
     z_a = z_a - z_a.mean(axis=0)
     z_b = z_b - z_b.mean(axis=0)
     cov_z_a = z_a.T @ z_a / (n - 1)
