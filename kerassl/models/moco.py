@@ -57,7 +57,8 @@ def momentum_copy(model: keras.Model) -> keras.Model:
         copy = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
     except ValueError as error:
         raise ValueError(
-            "MoCo's momentum encoder is a clone of the query encoder and head, which must be "
+            "a momentum encoder (MoCo's key, BYOL's target) is a clone of the encoder and head, "
+            "which must be "
             f"Functional or Sequential models. Received: {type(model).__name__} ({error})"
         ) from None
     copy.set_weights(model.get_weights())
