@@ -32,6 +32,7 @@ from kerassl.plan import Plan, prepare
 from kerassl.pretraining import budget_steps, measure_step_seconds, pretrain_with_state
 from kerassl.resume import CONTINUE, DONE, Decision, decide
 from kerassl.run_dir import RunDir, open_run
+from kerassl.xla_choice import XLAChoice, choose_for_plan
 
 
 def evaluate(plan: Plan, encoder: keras.Model) -> tuple[dict, keras.Model]:
@@ -83,11 +84,13 @@ def run(
     chief = is_chief()
     run_dir, created = _open_run_dir(decision, chief)
     try:
+        xla = _xla_choice(plan, run_dir, decision, strategy)
+        plan = plan.with_jit_compile(xla.jit_compile)
         budget = None
         if config.time_budget is not None:
-            plan, budget = _budgeted(plan, run_dir, decision, strategy)
+            plan, budget = _budgeted(plan, run_dir, decision, strategy, _chosen_timing(xla))
         if chief:
-            _write_run_header(run_dir, plan, strategy, decision, config.to_json(), budget)
+            _write_run_header(run_dir, plan, strategy, decision, config.to_json(), budget, xla)
         return run_dir.path if chief else None, _run_stages(plan, run_dir, chief, strategy, verbose)
     except UserError:
         if created:
@@ -101,12 +104,35 @@ def run(
         ) from None
 
 
-def _budgeted(plan: Plan, run_dir: RunDir, decision: Decision, strategy) -> tuple[Plan, dict]:
+def _xla_choice(plan: Plan, run_dir: RunDir, decision: Decision, strategy) -> XLAChoice:
+    """Whether the run's train step is XLA-compiled (`kerassl.xla_choice`): a continued
+    run keeps what its config.json records (the fixed rule of `plan` for a run started
+    before the choice was recorded), else "auto" may measure both forms."""
+    recorded = None
+    if decision.action == CONTINUE:
+        fixed = {"jit_compile": plan.jit_compile}
+        recorded = run_dir.read_json(files.CONFIG, {}).get("xla", fixed)
+    return choose_for_plan(plan, strategy, recorded)
+
+
+def _chosen_timing(xla: XLAChoice):
+    """The measured `StepTiming` of the chosen form, its `spent` that of both
+    measurements (a `--time-budget` plans with it instead of measuring a third time);
+    None when nothing was measured."""
+    if not xla.timings:
+        return None
+    spent = sum(timing.spent for timing in xla.timings.values())
+    return dataclasses.replace(xla.timings[xla.jit_compile], spent=spent)
+
+
+def _budgeted(
+    plan: Plan, run_dir: RunDir, decision: Decision, strategy, timing=None
+) -> tuple[Plan, dict]:
     """The plan of a `--time-budget` run: as many steps as the budget holds once the
     measurement (`measure_step_seconds`: a short `fit` as the run's) and what the run
     spends besides its steps (startup, epoch ends) are taken off, in epochs of at most
     one pass (`budget_steps`); a continued run keeps the step count its config.json
-    records."""
+    records. `timing`: the step already measured with the plan's XLA choice, if it was."""
     recorded = run_dir.read_json(files.CONFIG, {}) if decision.action == CONTINUE else {}
     budget = recorded.get("time_budget")
     if budget is None:
@@ -116,7 +142,7 @@ def _budgeted(plan: Plan, run_dir: RunDir, decision: Decision, strategy) -> tupl
                 "its own step time); give --epochs"
             )
         seconds = parse_duration(plan.config.time_budget)
-        timing = measure_step_seconds(plan, strategy)
+        timing = timing or measure_step_seconds(plan, strategy)
         budget = {
             "seconds": seconds,
             "steps": budget_steps(seconds, timing, plan.steps_per_epoch),
@@ -216,11 +242,12 @@ def _write_run_header(
     decision: Decision,
     settings: dict,
     budget: dict | None,
+    xla: XLAChoice,
 ) -> None:
     """config.json and split.json of a new run; for a continued one, checks that the data
     still splits as it did, and records settings changed on `--resume`. `settings` are
     the settings as given; `plan.config` the resolved ones (a `--time-budget` run's epochs
-    and steps per epoch)."""
+    and steps per epoch); `xla` how the train step's XLA form was chosen."""
     config, data = plan.config, plan.data
     split = plan.split.to_json(data.y_train, data.class_names)
     if decision.action == CONTINUE:
@@ -255,6 +282,7 @@ def _write_run_header(
         "settings": settings,
         "changes": changes,
         "time_budget": budget,
+        "xla": xla.to_json(),
     }
     run_dir.write_json(files.CONFIG, resolved)
     run_dir.write_json(files.SPLIT, split)

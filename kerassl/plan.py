@@ -35,7 +35,9 @@ class Plan:
             supervised baseline augments its labeled images with them).
         steps_per_epoch: pretraining steps per epoch.
         replicas: replicas of the strategy the run trains under.
-        jit_compile: whether the whole train step is XLA-compiled.
+        jit_compile: whether the whole train step is XLA-compiled: `resolve` applies the
+            fixed rule (`step_jit_compile`); `kerassl.experiment.run` then sets the
+            measured choice of `--xla auto` (`kerassl.xla_choice`, `with_jit_compile`).
     """
 
     config: TrainConfig
@@ -61,9 +63,14 @@ class Plan:
         """The same data, split and pool resolved for other settings (a tuner trial)."""
         return resolve(config, self.data, self.split, self.pool, self.replicas)
 
+    def with_jit_compile(self, jit_compile: bool) -> Plan:
+        """The same plan with the whole train step XLA-compiled or not."""
+        return dataclasses.replace(self, jit_compile=bool(jit_compile))
+
     def with_steps(self, steps: int) -> Plan:
         """The plan for `steps` pretraining steps in all (a `--time-budget`), in as few
-        epochs as keep each at most one pass; the warmup clipped to them."""
+        epochs as keep each at most one pass; the warmup clipped to them. The XLA
+        choice stays the plan's."""
         epochs = math.ceil(steps / self.steps_per_epoch)
         config = dataclasses.replace(
             self.config,
@@ -71,7 +78,7 @@ class Plan:
             steps_per_epoch=max(1, steps // epochs),
             warmup_epochs=min(self.config.warmup_epochs, epochs),
         )
-        return self.with_config(config)
+        return self.with_config(config).with_jit_compile(self.jit_compile)
 
 
 def unlabeled_pool(x_train: np.ndarray, max_unlabeled: int | None, seed: int) -> np.ndarray:
@@ -83,9 +90,10 @@ def unlabeled_pool(x_train: np.ndarray, max_unlabeled: int | None, seed: int) ->
 
 
 def step_jit_compile(setting: bool | str, replicas: int = 1) -> bool:
-    """Whether to XLA-compile the whole train step. "auto": only on a GPU (on this project's
-    2-core CPU machine XLA made the SimCLR step 1.35x slower). Never across replicas: XLA
-    does not compile cross-replica collectives on CPU devices."""
+    """The fixed rule for XLA-compiling the whole train step. "auto": only on a GPU; a run
+    long enough replaces it by measuring both forms (`kerassl.xla_choice`), since on CPUs
+    whole-step XLA was 0.76x on one of this project's machines and 1.24x on another.
+    Never across replicas: XLA does not compile cross-replica collectives on CPU devices."""
     if replicas > 1:
         return False
     if setting == "auto":
