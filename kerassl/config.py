@@ -103,8 +103,9 @@ class TrainConfig:
     # Pretrain for a wall-clock budget ("5m"): the step count (and so the learning-rate
     # schedule) comes from the step time measured after compilation; replaces --epochs.
     time_budget: str | None = None
-    # XLA for the whole train step: "auto" = only on a GPU (on CPU the plain graph step was
-    # 1.35x faster, benchmarks/throughput.py); the two views are one XLA cluster regardless.
+    # XLA for the whole train step: "auto" = on a GPU; on a CPU the faster of the two forms,
+    # measured once per machine and setting and cached (`kerassl.xla_choice`: 0.76x on one
+    # CPU, 1.24x on another); the two views are one XLA cluster regardless.
     jit_compile: bool | str = "auto"
     strategy: str = "auto"  # auto | default | mirrored | multi_worker
     baseline: str = "cnn"  # supervised baseline trained on the same labels; "none" to skip

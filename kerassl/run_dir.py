@@ -6,7 +6,8 @@ runs/<method>-<dataset>-<timestamp or slurm<job id>>/
                      resolved to an int, plus channels, class_names, augment (the
                      resolved preset), source, skipped_files, distribution, versions;
                      "settings": the settings as given (what a re-run is compared with);
-                     "changes": settings changed on `--resume`, with the step
+                     "changes": settings changed on `--resume`, with the step;
+                     "xla": whether the step is XLA-compiled and how that was decided
   split.json         labeled / validation indices into x_train, per class (`Split`)
   checkpoints/       state.npz: the last pretraining checkpoint (`kerassl.checkpoint`),
                      removed once encoder.keras is written
