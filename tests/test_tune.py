@@ -259,7 +259,10 @@ def _tree(folder: Path) -> dict[str, bytes | None]:
     }
 
 
-LABELS_ACCEPTED = "labels must be a total count such as 100 or a fraction of each class in (0, 1]"
+LABELS_ACCEPTED = (
+    "labels must be a total count such as 100, a count per class such as 10/class or a "
+    "fraction of each class in (0, 1]"
+)
 AT_LEAST_ONE = "must be an integer >= 1, got"
 
 
