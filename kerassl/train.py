@@ -11,6 +11,7 @@ from kerassl.data.presets import OPS, PRESETS
 from kerassl.data.registry import DATASET_FORMS
 from kerassl.errors import ArgumentParser, UserError, cli_entry
 from kerassl.methods import METHODS
+from kerassl.settings_file import given_options
 
 DATASET_HELP = "dataset to load: " + "; ".join(
     f"{form} ({what})" for form, what in DATASET_FORMS.items()
@@ -306,9 +307,7 @@ _NOT_SETTINGS = ("offline", "cpu_devices", "quiet", "resume", "overwrite", "conf
 
 def given_settings(parser: ArgumentParser, argv) -> set[str]:
     """The settings given explicitly on the command line (not left at their defaults)."""
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    given = set(vars(parser.parse_args(argv)))
+    given = given_options(parser, argv)
     if "offline" in given:
         given.add("download")
     return given - set(_NOT_SETTINGS)
@@ -317,8 +316,9 @@ def given_settings(parser: ArgumentParser, argv) -> set[str]:
 @cli_entry
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    given = given_settings(build_parser(), argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = given_settings(parser, argv)
     config = settings_of(args, given)
     config.validate()  # usage errors before TensorFlow loads
     config, decision = resume.decide(
