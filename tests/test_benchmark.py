@@ -174,7 +174,7 @@ def test_dry_run_lists_the_cells_and_writes_nothing(bench, tmp_path, capsys):
 @pytest.mark.parametrize(
     "change, argv, message",
     [
-        ({}, ["--methods", "simclr,byol"], "unknown method 'byol'"),
+        ({}, ["--methods", "simclr,swav"], "unknown method 'swav'"),
         ({}, ["--protocols", "linear,svm"], "unknown protocol 'svm'"),
         ({}, ["--labels", "100,0"], "--labels: labels must be"),
         ({}, ["--epochs", "2", "--time-budget", "1m"], "--epochs and --time-budget exclude"),
