@@ -164,13 +164,20 @@ def accuracy_vs_labels_png(
     figure = _new_figure(7.0, 4.8)
     axes = figure.add_subplot()
     counts = set()
-    for name, rows in series.items():
+    colors = class_colors(len(series))  # distinct beyond matplotlib's 10-colour cycle
+    for color, (name, rows) in zip(colors, series.items(), strict=True):
         labels, mean, std = np.array(sorted(rows)).T  # [P] each
         drawn = np.isfinite(mean)
         counts.update(labels[drawn].tolist())
         errors = np.where(np.isfinite(std), 100 * std, 0.0)[drawn]
         axes.errorbar(
-            labels[drawn], 100 * mean[drawn], yerr=errors, marker="o", capsize=3, label=name
+            labels[drawn],
+            100 * mean[drawn],
+            yerr=errors,
+            marker="o",
+            capsize=3,
+            label=name,
+            color=color,
         )
     axes.set_xscale("log")
     if counts:  # ticks at the label budgets, written as plain numbers
