@@ -10,7 +10,7 @@ import yaml
 
 from kerassl.benchmark import main
 from kerassl.benchmarking import definition as definitions
-from kerassl.benchmarking import stages, tables
+from kerassl.benchmarking import rerun, stages, tables
 from kerassl.benchmarking.cells import EVALUATE, PRETRAIN, Cell, Progress, list_cells
 
 TINY = {
@@ -234,11 +234,11 @@ def test_the_budget_flags_replace_every_rows_budget():
 def test_changes_name_settings_and_allow_other_axes():
     old = definitions.resolve(TINY, source="a").record()
     more = definitions.merge(TINY, {"seeds": "0-4", "labels": [50, "10/class"]})
-    assert definitions.changes(old, definitions.resolve(more).record()) == []
+    assert rerun.changes(old, definitions.resolve(more).record()) == []
     fewer = {**TINY, "methods": {"simclr": {}}, "protocols": ["knn"]}
-    assert definitions.changes(old, definitions.resolve(fewer).record()) == []
+    assert rerun.changes(old, definitions.resolve(fewer).record()) == []
     other = definitions.merge(TINY, {"methods": {"simclr": {"temperature": 0.5}}})
-    assert definitions.changes(old, definitions.resolve(other).record()) == [
+    assert rerun.changes(old, definitions.resolve(other).record()) == [
         "methods.simclr.temperature: 0.5 (it has (not set))"
     ]
 

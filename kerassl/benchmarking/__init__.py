@@ -1,8 +1,8 @@
 """`kerassl benchmark`: methods and baselines compared on the same splits, resumably.
 
-- `definition.py`: a benchmark definition (YAML and flags) → a checked `Definition`, and
-  what a benchmark directory's recorded definition allows a re-run to change
-  (TensorFlow-free).
+- `definition.py`: a benchmark definition (YAML and flags) → a checked `Definition` and
+  its record (TensorFlow-free).
+- `rerun.py`: what a re-run may change against a directory's recorded definition.
 - `cells.py`: the cells of a definition (pretraining, evaluation, search, baseline), their
   stored results under `cells/`, the progress line and the time estimate (TensorFlow-free).
 - `stages.py`: what each kind of cell runs (TensorFlow).

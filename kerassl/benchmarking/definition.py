@@ -32,9 +32,8 @@ full: {...}                    # the same keys at the study's scale, merged in b
 
 Every key is checked here, without TensorFlow: an unknown key or setting is a one-line
 `UserError` with the closest known name, and each row's settings become a validated
-`TrainConfig`. `record` and `changes` say what a re-run in an existing benchmark
-directory may change: the methods, budgets, seeds and protocols asked for (finished cells
-are reused, missing ones run), nothing else.
+`TrainConfig`. `Definition.record` is what a benchmark directory keeps; what a re-run may
+change against it is `kerassl.benchmarking.rerun`'s.
 """
 
 from __future__ import annotations
@@ -270,51 +269,6 @@ class Definition:
             "seeds": list(self.seeds),
             "protocols": list(self.protocols),
         }
-
-
-# Recorded keys a re-run may change (cells are keyed by them; the others change results).
-AXES = ("labels", "seeds", "protocols")
-_ROW_TABLES = ("methods", "baselines")
-
-
-def changes(recorded: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """The differences between a benchmark directory's `record()` and a new one that would
-    change a finished cell, e.g. `pretrain.epochs: 2 (it has 1)`: any setting but the
-    axes, and a row asked for again with other settings. Rows, budgets, seeds and
-    protocols may be added or left out."""
-    found: list[str] = []
-    for key, value in new.items():
-        if key in AXES or key not in recorded:
-            continue
-        if key in _ROW_TABLES:
-            for name, settings in value.items():
-                if name in recorded[key]:
-                    _diff(f"{key}.{name}", settings, recorded[key][name], found)
-        else:
-            _diff(key, value, recorded[key], found)
-    return found
-
-
-_UNSET = "(not set)"
-
-
-def _diff(where: str, new: Any, old: Any, found: list[str]) -> None:
-    if isinstance(new, Mapping) and isinstance(old, Mapping):
-        for key in dict.fromkeys([*new, *old]):
-            _diff(f"{where}.{key}", new.get(key, _UNSET), old.get(key, _UNSET), found)
-    elif new != old:
-        found.append(f"{where}: {new} (it has {old})")
-
-
-def merged_record(recorded: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """The record to keep after a run: the new one, with the rows of earlier runs kept
-    (their cells stay in the directory, and must keep meaning what they meant)."""
-    merged = dict(new)
-    for key in _ROW_TABLES:
-        merged[key] = {**recorded.get(key, {}), **new[key]}
-    for key in AXES:
-        merged[key] = list(dict.fromkeys([*recorded.get(key, []), *new[key]]))
-    return merged
 
 
 # ------------------------------------------------------------------------ reading

@@ -12,7 +12,7 @@
 ```
 
 A benchmark directory keeps the settings it was made with: a re-run with other settings
-is refused (`definition.changes`), one asking for other rows, budgets, seeds or protocols
+is refused (`rerun.changes`), one asking for other rows, budgets, seeds or protocols
 reuses the finished cells and runs the missing ones. A user error removes the directory
 only if this invocation created it. Checking a directory loads no TensorFlow.
 """
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kerassl.benchmarking import definition as definitions
+from kerassl.benchmarking import rerun
 from kerassl.benchmarking.cells import (
     BASELINE,
     EVALUATE,
@@ -63,7 +63,7 @@ def check_directory(definition: Definition, out: Path) -> dict[str, Any] | None:
                 "choose another --out"
             )
         return None
-    found = definitions.changes(recorded["definition"], definition.record())
+    found = rerun.changes(recorded["definition"], definition.record())
     if found:
         raise UserError(
             f"{out} holds a benchmark with other settings: {'; '.join(found)}. Use its "
@@ -151,7 +151,7 @@ def run(
         out.mkdir(parents=True, exist_ok=True)
         record = definition.record()
         if recorded is not None:
-            record = definitions.merged_record(recorded["definition"], record)
+            record = rerun.merged_record(recorded["definition"], record)
         facts = facts or recorded["facts"]
         RunDir(out).write_json(RECORD, {"definition": record, "facts": facts})
         skipped = _run_cells(definition, out, cells, store, data, log, verbose)
