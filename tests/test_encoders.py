@@ -21,11 +21,29 @@ def test_small_encoders_map_images_to_vectors(name, kwargs, dim):
     assert out.shape == (2, dim)
 
 
+def _batch_norms(model):
+    return [
+        lay for lay in model._flatten_layers() if isinstance(lay, keras.layers.BatchNormalization)
+    ]
+
+
 def test_batchnorm_uses_momentum_suited_to_tiny_labeled_sets():
-    encoder = build_encoder("cnn", (16, 16, 1))
-    norms = [lay for lay in encoder.layers if isinstance(lay, keras.layers.BatchNormalization)]
-    moments = {layer.momentum for layer in norms}
-    assert moments == {0.9}
+    """Every BatchNorm kerassl builds (encoders, heads, projectors, predictors) uses 0.9:
+    Keras' 0.99 collapses networks trained on ~100 labeled images."""
+    from kerassl.models import barlow_twins, simsiam
+    from kerassl.models.heads import build_predictor
+
+    models = [
+        build_encoder("cnn", (16, 16, 1)),
+        build_encoder("resnet18", (16, 16, 1), width=4),
+        build_head("deep_mlp", 8, 4, 8),
+        build_predictor(8, 8),
+        barlow_twins.build_projector(8, (8, 8)),
+        simsiam.build_projector(8, (8, 8)),
+    ]
+    for model in models:
+        norms = _batch_norms(model)
+        assert norms and {layer.momentum for layer in norms} == {0.9}, model.name
 
 
 @pytest.mark.parametrize("name", ["resnet50", "inceptionv3"])
