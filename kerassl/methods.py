@@ -4,7 +4,9 @@ Each entry names the method's class and says which `TrainConfig` settings become
 constructor arguments, so that the CLI, the config, the run plan and the tuner learn the
 methods from here. This module imports no TensorFlow: the CLIs validate a method name
 before TensorFlow loads. Adding a method costs one module under `kerassl/models/`, one
-entry here and one short test file calling `kerassl.testing.method_contract`.
+entry here and one short test file calling `kerassl.testing.method_contract`; the method
+is then tunable too (`kerassl.tune METHOD`), its search space derived from `arguments`
+(`kerassl.tuning.spaces.ssl_space`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ class MethodSpec:
         projector: `"module:function"` building the method's own projector from
             `(input_dim, widths, sync_bn=...)` in place of the `--head` options; None
             when the method uses the shared projection head.
-        tunable: whether `kerassl.tune` has a HyperModel for it.
         summary: one line for `--help`.
     """
 
@@ -36,7 +37,6 @@ class MethodSpec:
     target: str
     arguments: Mapping[str, str] = field(default_factory=dict)
     projector: str | None = None
-    tunable: bool = False
     summary: str = ""
 
     def load(self) -> type:
@@ -60,7 +60,6 @@ METHODS: dict[str, MethodSpec] = {
             "simclr",
             "kerassl.models.simclr:SimCLR",
             {"temperature": "temperature", "similarity": "similarity"},
-            tunable=True,
             summary="SimCLR: NT-Xent over the other views of the batch",
         ),
         MethodSpec(
@@ -111,8 +110,6 @@ METHODS: dict[str, MethodSpec] = {
         ),
     )
 }
-
-TUNABLE_METHODS: tuple[str, ...] = tuple(name for name, spec in METHODS.items() if spec.tunable)
 
 
 def get_method(name: str) -> MethodSpec:

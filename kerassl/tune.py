@@ -1,8 +1,10 @@
 """`python -m kerassl.tune MODEL|SEARCH.yaml [options]`: a resumable KerasTuner search.
 
-Tunes a supervised baseline (`cnn`, `mlp`, `resnet50`, `inceptionv3`) or SimCLR
-pretraining (`simclr`) on a label-scarce split; the objective is `val_accuracy` on the
-validation examples carved from the labeled ones. Prints and writes the results table,
+Tunes a supervised baseline (`cnn`, `mlp`, `resnet50`, `inceptionv3`) or the pretraining
+of any SSL method (`simclr`, `moco`, `barlow_twins`, `byol`, `simsiam`, `vicreg`: the
+registry's) on a label-scarce split; the objective is `val_accuracy` on the validation
+examples carved from the labeled ones (for an SSL method, of a linear probe on its
+encoder). Prints and writes the results table,
 saves the best model and hyperparameters, then scores the best model once on the test
 split. Re-running the same command continues the search without redoing finished trials.
 
@@ -11,6 +13,7 @@ Examples:
     python -m kerassl.tune inceptionv3 --dataset stanford_dogs --labels 0.1 \\
         --tuner bayesian --max-trials 10
     python -m kerassl.tune tuning/cnn_fashion_mnist.yaml --max-trials 5
+    python -m kerassl.tune byol --dataset fashion_mnist --labels 100 --epochs 10
     python -m kerassl.tune mlp --config tuning_runs/cnn-fashion_mnist/search.json
 
 Distributed tuning (KerasTuner's chief/worker mode) runs the same command in one chief
@@ -44,9 +47,10 @@ from kerassl.data.presets import label_flip
 from kerassl.data.registry import load_dataset
 from kerassl.data.splits import label_split, parse_labels
 from kerassl.errors import ArgumentParser, UserError, cli_entry
+from kerassl.methods import METHODS
 from kerassl.settings_file import read_floats, read_settings
 from kerassl.train import DATASET_HELP
-from kerassl.tuning.config import MODELS, TUNERS, SearchConfig, ssl_base_config
+from kerassl.tuning.config import MODELS, SUPERVISED_MODELS, TUNERS, SearchConfig, ssl_base_config
 from kerassl.tuning.distributed import tuner_role
 
 # TensorFlow, Keras and KerasTuner load only once the search definition is valid, so that
@@ -76,16 +80,18 @@ def _at_least_one(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m kerassl.tune",
-        description="Resumable KerasTuner search for a supervised baseline or SimCLR, scored\n"
-        "on the labeled validation split; the best model is tested once on the test split.",
+        description="Resumable KerasTuner search for a supervised baseline or an SSL method's\n"
+        "pretraining, scored on the labeled validation split (SSL: by a linear probe);\n"
+        "the best model is tested once on the test split.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "target",
         nargs="?",
-        help=f"model to tune ({', '.join(MODELS)}) or a YAML search definition "
-        "such as tuning/cnn_fashion_mnist.yaml (or the definition as --config FILE)",
+        help=f"model to tune: a supervised baseline ({', '.join(SUPERVISED_MODELS)}), an "
+        f"SSL method ({', '.join(METHODS)}), or a YAML search definition such as "
+        "tuning/cnn_fashion_mnist.yaml (or the definition as --config FILE)",
     )
     add = parser.add_argument
     add("--dataset", help=DATASET_HELP)
@@ -100,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="trials in total, finished ones included (default 10)",
     )
     add(
-        "--epochs", type=_at_least_one, help="maximum epochs per trial (simclr: pretraining epochs)"
+        "--epochs",
+        type=_at_least_one,
+        help="maximum epochs per trial (SSL methods: pretraining epochs)",
     )
     add("--patience", type=_at_least_one, help="early-stopping patience in epochs (default 40)")
     add("--seed", type=int, help="seed of the split, the tuner and the trials (default 0)")
@@ -193,11 +201,11 @@ def _ssl_search(config: SearchConfig, data, split, overwrite: bool) -> tuple[Any
     from kerassl.experiment import evaluate
     from kerassl.plan import resolve, unlabeled_pool
     from kerassl.tuning import search
-    from kerassl.tuning.hypermodels import SimCLRHyperModel
+    from kerassl.tuning.hypermodels import SSLHyperModel
 
     base = ssl_base_config(config)
     pool = unlabeled_pool(data.x_train, base.max_unlabeled, base.seed)
-    hypermodel = SimCLRHyperModel(base, space=config.space)
+    hypermodel = SSLHyperModel(config.model, base, space=config.space)
     # The trials see a plan whose data holds no test images.
     plan = resolve(base, search.without_test(data), split, pool)
     result = search.run_ssl_search(config, hypermodel, plan, overwrite=overwrite)
@@ -216,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     tuner_role()  # a half-set KERASTUNER_* environment is an error before TensorFlow loads
     data = load_dataset(config.dataset, config.data_dir, config.image_size, not args.no_download)
     split = label_split(data.y_train, parse_labels(config.labels), config.seed, config.validation)
-    searcher = _ssl_search if config.model == "simclr" else _classifier_search
+    searcher = _ssl_search if config.model in METHODS else _classifier_search
     result, test = searcher(config, data, split, args.overwrite)
     if result is None:
         return 0

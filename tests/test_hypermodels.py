@@ -15,7 +15,7 @@ from kerassl.tuning.hypermodels import (
     CNNHyperModel,
     MLPHyperModel,
     Param,
-    SimCLRHyperModel,
+    SSLHyperModel,
     TransferHyperModel,
     make_hypermodel,
     parse_space,
@@ -196,7 +196,7 @@ def test_unfreeze_top_blocks_of_inceptionv3():
 
 def test_simclr_hypermodel_maps_hp_onto_train_config():
     base = TrainConfig(dataset="digits", epochs=3, encoder="cnn")
-    hypermodel = SimCLRHyperModel(base, space={"batch_size": [32, 64]})
+    hypermodel = SSLHyperModel("simclr", base, space={"batch_size": [32, 64]})
     hp = kt.HyperParameters()
     hp.values.update({"temperature": 0.2, "learning_rate": 3e-3, "batch_size": 64,
                       "head": "linear"})  # fmt: skip
@@ -210,3 +210,67 @@ def test_simclr_hypermodel_maps_hp_onto_train_config():
     )
     assert (config.dataset, config.epochs, config.method) == ("digits", 3, "simclr")
     assert base.temperature == TrainConfig().temperature  # the base is not modified
+
+
+# ---------------------------------------------------------------- every SSL method
+
+# Each method's own hyperparameters in its default space (TrainConfig fields), as the papers
+# name them; a method registered without an entry here fails below.
+OWN = {
+    "simclr": {"temperature"},
+    "moco": {"temperature", "momentum", "queue_size"},
+    "barlow_twins": {"bt_lambda"},
+    "byol": {"momentum", "hidden_dim"},
+    "simsiam": {"hidden_dim"},
+    "vicreg": {"vicreg_lambda", "vicreg_mu", "vicreg_nu"},
+}
+# The methods building their own projector take no --head: it is not tuned for them.
+WITH_HEAD = {"simclr", "moco", "byol"}
+# Small enough for a model build in about a second.
+SSL_BASE = TrainConfig(
+    dataset="digits", encoder="cnn", epochs=1, projection_dim=16, projector_dims="32,32"
+)
+
+
+def test_every_registered_method_is_tunable():
+    from kerassl.methods import METHODS
+    from kerassl.tuning.config import MODELS
+
+    assert set(OWN) == set(METHODS)
+    assert set(METHODS) <= set(MODELS)
+
+
+@pytest.mark.parametrize("method", sorted(OWN))
+def test_ssl_space_holds_the_method_s_hyperparameters_only(method):
+    space = SSLHyperModel(method, SSL_BASE).space
+    shared = {"learning_rate", "batch_size"} | ({"head"} if method in WITH_HEAD else set())
+    assert set(space) == OWN[method] | shared
+    others = set().union(*OWN.values()) - OWN[method]
+    with pytest.raises(ValueError, match="unknown hyperparameter"):
+        SSLHyperModel(method, SSL_BASE, space={sorted(others)[0]: 1.0})
+
+
+@pytest.mark.parametrize("method", sorted(OWN))
+def test_ssl_hypermodel_builds_a_compiled_method_from_a_sample(method):
+    from kerassl.methods import METHODS
+    from kerassl.pretraining import build_method
+
+    hypermodel = SSLHyperModel(method, SSL_BASE)
+    (hp,) = _samples(hypermodel, 1)
+    config = hypermodel.build(hp)
+    assert config.method == method and config.encoder == "cnn"
+    assert {name: getattr(config, name) for name in hp.values} == pytest.approx(hp.values)
+    config.validate()  # a sample is a valid `kerassl train` configuration
+    model = build_method(config, (16, 16, 1), "digits", total_steps=4)
+    assert model.compiled and model.optimizer is not None
+    # The sample reached the method's constructor (and its saved config).
+    saved = model.get_config()
+    for name in OWN[method]:
+        assert saved[METHODS[method].arguments[name]] == pytest.approx(hp[name]), name
+    schedule = model.optimizer.get_config()["learning_rate"]["config"]
+    assert schedule["base_lr"] == pytest.approx(hp["learning_rate"])
+
+
+def test_ssl_hypermodel_rejects_an_unknown_method():
+    with pytest.raises(ValueError, match="^method must be one of simclr, moco, .*method='dino'"):
+        SSLHyperModel("dino", SSL_BASE)

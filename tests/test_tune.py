@@ -246,7 +246,8 @@ def test_unknown_model_on_the_command_line_exits_2(tmp_path):
     ours = [line for line in result.stderr.splitlines() if "kerassl" in line]
     assert ours == [
         "kerassl: error: unknown model 'densenet'; choose one of cnn, mlp, resnet50, "
-        "inceptionv3, simclr or give a .yaml search definition"
+        "inceptionv3, simclr, moco, barlow_twins, byol, simsiam, vicreg or give a .yaml "
+        "search definition"
     ]
     assert "Traceback" not in result.stderr
 

@@ -15,13 +15,13 @@ from typing import Any
 
 from kerassl.checks import parse_weights
 from kerassl.errors import UserError
-from kerassl.methods import TUNABLE_METHODS
-from kerassl.tuning.spaces import DEFAULT_SPACES, SIMCLR_SPACE, parse_space, unknown_names
+from kerassl.methods import METHODS
+from kerassl.tuning.spaces import DEFAULT_SPACES, parse_space, unknown_names
 
 TUNERS = ("random", "bayesian", "hyperband")
-# Supervised baselines with a HyperModel, then the SSL methods the registry marks tunable.
+# Supervised baselines with a HyperModel, then every SSL method of the registry.
 SUPERVISED_MODELS = ("cnn", "mlp", "resnet50", "inceptionv3")
-MODELS = SUPERVISED_MODELS + TUNABLE_METHODS
+MODELS = SUPERVISED_MODELS + tuple(METHODS)
 # Settings that change what a trial means: resuming with other values is refused.
 _IDENTITY = (
     "model",
@@ -43,7 +43,8 @@ class SearchConfig:
     """One hyperparameter search (a `tuning/*.yaml` file, or CLI options).
 
     Attributes:
-        model: `cnn`, `mlp`, `resnet50`, `inceptionv3` or `simclr`.
+        model: `cnn`, `mlp`, `resnet50`, `inceptionv3` or an SSL method of
+            `kerassl.methods.METHODS` (`simclr`, `moco`, `byol` …).
         dataset: dataset name for `kerassl.data.registry.load_dataset`.
         data_dir: local data folder (IDX files, TFDS data_dir).
         image_size: square size images are resized to (None: native).
@@ -51,12 +52,13 @@ class SearchConfig:
         validation: fraction of the labeled examples held out as the objective's split.
         tuner: `random`, `bayesian` or `hyperband`.
         max_trials: trials to run in total (a cap for Hyperband, which plans its own).
-        epochs: maximum epochs per trial (SimCLR: pretraining epochs per trial).
+        epochs: maximum epochs per trial (SSL methods: pretraining epochs per trial).
         patience: early-stopping patience in epochs (supervised models).
         seed: seed of the split, the tuner and every trial.
         weights: `auto`, `imagenet` or `none` (ResNet-50/InceptionV3 bases).
         space: overrides of the model's search space (name → range, list or value).
-        ssl: fixed `TrainConfig` settings of SimCLR trials (encoder, steps_per_epoch …).
+        ssl: fixed `TrainConfig` settings of an SSL method's trials (encoder,
+            steps_per_epoch …).
         out: output folder (default `tuning_runs/<model>-<dataset>`).
     """
 
@@ -143,13 +145,16 @@ class SearchConfig:
             if not ok:
                 raise UserError(f"{name} must be {accepted}; got {getattr(self, name)!r}")
         parse_labels(self.labels)
-        if self.ssl and self.model != "simclr":
-            raise UserError(f"ssl settings apply to model simclr only, not {self.model!r}")
+        if self.ssl and self.model not in METHODS:
+            raise UserError(
+                f"ssl settings apply to the SSL methods ({', '.join(METHODS)}) only, "
+                f"not {self.model!r}"
+            )
         try:
             parse_space(DEFAULT_SPACES[self.model], self.space)
         except ValueError as error:
             raise UserError(f"bad search space for {self.model}: {error}") from None
-        if self.model == "simclr":
+        if self.model in METHODS:
             ssl_base_config(self)  # validates the ssl settings
 
     def identity(self) -> dict[str, Any]:
@@ -162,11 +167,11 @@ def _positive_int(value: Any) -> bool:
 
 
 def ssl_base_config(config: SearchConfig):
-    """The `TrainConfig` every SimCLR trial starts from (validated)."""
+    """The `TrainConfig` every trial of an SSL method's search starts from (validated)."""
     from kerassl.config import TrainConfig
 
     values = {
-        "method": "simclr",
+        "method": config.model,
         "dataset": config.dataset,
         "data_dir": config.data_dir,
         "image_size": config.image_size,
@@ -178,7 +183,9 @@ def ssl_base_config(config: SearchConfig):
         "knn_every": 0,
         **config.ssl,
     }
-    tuned = sorted(set(config.ssl) & set(SIMCLR_SPACE))
+    if "method" in config.ssl:
+        raise UserError(f"ssl cannot set method: it is the search's model ({config.model})")
+    tuned = sorted(set(config.ssl) & set(DEFAULT_SPACES[config.model]))
     if tuned:
         raise UserError(
             f"ssl setting(s) {', '.join(tuned)} are tuned; fix them in space instead "

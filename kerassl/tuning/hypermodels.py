@@ -1,11 +1,12 @@
-"""KerasTuner HyperModels of the supervised baselines and of SimCLR pretraining.
+"""KerasTuner HyperModels of the supervised baselines and of SSL pretraining.
 
 Each HyperModel maps `hp` onto the ordinary constructor arguments of
-`kerassl.models.classifiers.build_classifier` (or of a `TrainConfig` for SimCLR) and
-trains through the untuned code path (`kerassl.supervised.train_classifier`,
-`kerassl.pretraining.pretrain`); nothing is built or trained here that a plain run does
-not build or train too. A HyperModel's `space` argument (name → range, list of choices or
-value; see `kerassl.tuning.spaces`) overrides entries of its `DEFAULT_SPACE`.
+`kerassl.models.classifiers.build_classifier` (or onto a `TrainConfig` for any SSL
+method, `SSLHyperModel`) and trains through the untuned code path
+(`kerassl.supervised.train_classifier`, `kerassl.pretraining.pretrain`); nothing is built
+or trained here that a plain run does not build or train too. A HyperModel's `space`
+argument (name → range, list of choices or value; see `kerassl.tuning.spaces`) overrides
+entries of its default space.
 
 Example:
     >>> hypermodel = CNNHyperModel((28, 28, 1), num_classes=10,
@@ -24,15 +25,16 @@ import keras_tuner as kt
 import numpy as np
 
 from kerassl import supervised
+from kerassl.methods import METHODS
 from kerassl.models.classifiers import TRANSFER, build_classifier
 from kerassl.tuning.config import SUPERVISED_MODELS
 from kerassl.tuning.spaces import (
     CNN_SPACE,
     MLP_SPACE,
-    SIMCLR_SPACE,
     TRANSFER_SPACE,
     Param,
     parse_space,
+    ssl_space,
 )
 
 __all__ = ["Param", "parse_space"]  # re-exported for convenience
@@ -213,35 +215,58 @@ class TransferHyperModel(ClassifierHyperModel):
         }
 
 
-class SimCLRHyperModel(kt.HyperModel):
-    """SimCLR pretraining hyperparameters (temperature, learning rate, batch size, head)
-    mapped onto a `TrainConfig`; the objective is linear-probe accuracy on the labeled
-    validation split (the probe is trained on `split.labeled` features).
+class SSLHyperModel(kt.HyperModel):
+    """Pretraining hyperparameters of any SSL method of `kerassl.methods.METHODS`, mapped
+    onto a `TrainConfig`; the objective is linear-probe accuracy on the labeled validation
+    split (the probe is trained on `split.labeled` features).
 
-    `build(hp)` returns the trial's `TrainConfig` (not a model); `fit` pretrains with
+    The default space is `kerassl.tuning.spaces.ssl_space(method)`: the method's own
+    hyperparameters (SimCLR's and MoCo's temperature, MoCo's momentum and queue, Barlow
+    Twins' λ, BYOL's τ_base, VICReg's weights, the predictor's width of BYOL and SimSiam)
+    plus learning rate, batch size and, for the methods using the shared projection head,
+    the head.
+
+    `build(hp)` returns the trial's `TrainConfig` (not a model; `kerassl.pretraining.
+    build_method` builds and compiles it as an untuned run would); `fit` pretrains with
     `kerassl.pretraining.pretrain` on the trial's `Plan` and probes. Use it with
     `kerassl.tuning.search`, whose tuners run such trials.
 
     Args:
+        method: the method's registry name (`simclr`, `moco`, `byol` …).
         base_config: the `TrainConfig` every trial starts from (dataset, encoder, epochs …).
-        space: overrides of `DEFAULT_SPACE`.
+        space: overrides of the method's default space (name → spec).
+
+    Example:
+        >>> hypermodel = SSLHyperModel("byol", TrainConfig(dataset="digits", epochs=5),
+        ...                            space={"batch_size": [64]})
     """
 
-    DEFAULT_SPACE = SIMCLR_SPACE
-
-    def __init__(self, base_config: Any, space: Mapping[str, Any] | None = None, **kwargs):
-        super().__init__(name="simclr", **kwargs)
+    def __init__(
+        self,
+        method: str,
+        base_config: Any,
+        space: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        if method not in METHODS:
+            raise ValueError(
+                f"method must be one of {', '.join(METHODS)}. Received: method={method!r}"
+            )
+        super().__init__(name=method, **kwargs)
+        self.method = method
         self.base_config = base_config
-        self.space = parse_space(self.DEFAULT_SPACE, space)
+        self.space = parse_space(ssl_space(method), space)
 
     def values(self, hp: kt.HyperParameters) -> dict[str, Any]:
+        """Registers the search space in `hp` and returns the values of this trial."""
         return {name: param.define(hp, name) for name, param in self.space.items()}
 
     def build(self, hp: kt.HyperParameters) -> Any:
         """The trial's `TrainConfig`: `base_config` with this trial's values."""
         values = self.values(hp)
-        values["batch_size"] = int(values["batch_size"])
-        return dataclasses.replace(self.base_config, method="simclr", **values)
+        for name in _INTEGER_SETTINGS & set(values):
+            values[name] = int(values[name])
+        return dataclasses.replace(self.base_config, method=self.method, **values)
 
     def fit(self, hp, config, plan, verbose: int = 0, **kwargs) -> dict[str, float]:
         """Pretrains with `config` on `plan` (a `kerassl.plan.Plan` whose data holds no test
@@ -265,6 +290,10 @@ class SimCLRHyperModel(kt.HyperModel):
         )
         self.last_model = model
         return {"val_accuracy": float(result.top1)}
+
+
+# `TrainConfig` integer fields a space may hold as float choices (`[64, 128.0]`).
+_INTEGER_SETTINGS = {"batch_size", "queue_size", "hidden_dim"}
 
 
 def make_hypermodel(

@@ -1,4 +1,4 @@
-"""Resumable KerasTuner searches over the supervised baselines and SimCLR pretraining.
+"""Resumable KerasTuner searches over the supervised baselines and SSL pretraining.
 
 A search is described by a `SearchConfig` (what `tuning/*.yaml` holds and what the
 `kerassl.tune` CLI builds). The search functions take the training arrays and the
@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from kerassl.errors import UserError
+from kerassl.methods import METHODS
 from kerassl.tuning import distributed, hypermodels
 from kerassl.tuning.config import TUNERS, SearchConfig
 
@@ -45,7 +46,7 @@ class SearchResult:
         table: one row per trial: trial, status, hyperparameters, val_accuracy.
         best_hyperparameters: values of the best trial.
         best_score: its objective (`val_accuracy` on the labeled validation split).
-        best_model: the best trial's model (supervised: classifier; SimCLR: encoder).
+        best_model: the best trial's model (supervised: classifier; SSL: encoder).
         trials_run: trials that ran (to completion) during this call.
     """
 
@@ -58,7 +59,7 @@ class SearchResult:
 
 class _TrialLog:
     """Mixin for KerasTuner tuners: one printed line per finished trial, quiet otherwise;
-    for `SimCLRHyperModel`, trials that pretrain + probe instead of `model.fit`; and, in
+    for `SSLHyperModel`, trials that pretrain + probe instead of `model.fit`; and, in
     distributed mode, a chief that serves the oracle (`distributed.serve_oracle`)."""
 
     log: Callable[[str], None] = print
@@ -101,7 +102,7 @@ class _TrialLog:
         self.log(f"trial {trial.trial_id}{by}: {score} {values}")
 
     def run_trial(self, trial, *args, **kwargs):
-        if not isinstance(self.hypermodel, hypermodels.SimCLRHyperModel):
+        if not isinstance(self.hypermodel, hypermodels.SSLHyperModel):
             return super().run_trial(trial, *args, **kwargs)
         hp = trial.hyperparameters
         config = self.hypermodel.build(hp)
@@ -111,7 +112,7 @@ class _TrialLog:
         return metrics
 
     def load_model(self, trial):
-        if not isinstance(self.hypermodel, hypermodels.SimCLRHyperModel):
+        if not isinstance(self.hypermodel, hypermodels.SSLHyperModel):
             return super().load_model(trial)
         return keras.saving.load_model(
             os.path.join(self.get_trial_dir(trial.trial_id), "encoder.keras")
@@ -248,7 +249,7 @@ def run_search(
 
     Args:
         config: the validated search definition.
-        hypermodel: a `ClassifierHyperModel` (or `SimCLRHyperModel` with `run_ssl_search`).
+        hypermodel: a `ClassifierHyperModel` (an `SSLHyperModel` goes to `run_ssl_search`).
         x_train: uint8 training pool [N, H, W, C].
         y_train: labels [N] (-1 = unlabeled).
         split: `Split` with `labeled` and `validation` indices into `x_train`.
@@ -268,12 +269,12 @@ def run_search(
 
 def run_ssl_search(
     config: SearchConfig,
-    hypermodel: hypermodels.SimCLRHyperModel,
+    hypermodel: hypermodels.SSLHyperModel,
     plan: Any,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
 ) -> SearchResult | None:
-    """Runs (or resumes) a SimCLR search on a `kerassl.plan.Plan` whose data holds no test
+    """Runs (or resumes) an SSL method's search on a `kerassl.plan.Plan` whose data holds no test
     images (`without_test`); each trial re-resolves it for its settings. The objective is
     probe accuracy on `plan.split.validation`. Returns None on a distributed worker."""
     if len(plan.data.x_test):
@@ -330,7 +331,7 @@ def _search(config, hypermodel, args, kwargs, overwrite, log) -> SearchResult | 
         + "\n"
     )
     best_model = _load_best(tuner, best_trial)
-    name = "best_encoder.keras" if config.model == "simclr" else "best_model.keras"
+    name = "best_encoder.keras" if config.model in METHODS else "best_model.keras"
     best_model.save(out / name)
     return SearchResult(
         table=table,

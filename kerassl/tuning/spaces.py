@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kerassl.methods import METHODS
+
 if TYPE_CHECKING:
     import keras_tuner as kt
 
@@ -200,12 +202,58 @@ TRANSFER_SPACE = {
     "zoom": 0.1,
 }
 
-SIMCLR_SPACE = {
-    "temperature": {"min": 0.05, "max": 1.0, "sampling": "log"},
+# The part of every SSL method's space (`TrainConfig` fields). `head` only for the methods
+# that use the shared projection head: a method with its own projector ignores `--head`.
+SSL_SHARED_SPACE = {
     "learning_rate": {"min": 1e-4, "max": 1e-2, "sampling": "log"},
     "batch_size": [64, 128, 256],
     "head": ["linear", "mlp", "deep_mlp"],
 }
+
+# The ranges of the methods' own hyperparameters, by `TrainConfig` field. A method's space
+# holds those of its registry entry's `arguments` (`ssl_space`); the other arguments
+# (similarity, symmetric, bn_groups, seed) are choices of design, fixed through `ssl`.
+SSL_HYPERPARAMETERS = {
+    # SimCLR (Chen et al. 2020, table 5: 0.05 to 1) and MoCo (0.07 in v1, 0.2 in v2).
+    "temperature": {"min": 0.05, "max": 1.0, "sampling": "log"},
+    # MoCo's key-encoder m (He et al. 2020 ablate 0.9 to 0.9999; 0.99 and 0.999 best) and
+    # BYOL's τ_base (Grill et al. 2020 ablate it from 0.9 to 1; 0.996 by default).
+    "momentum": [0.9, 0.99, 0.996, 0.999],
+    # MoCo's negatives K (He et al. 2020 compare 256 to 65536, better with more); a small
+    # dataset's pool holds far fewer images than the paper's 65536 keys.
+    "queue_size": [1024, 4096, 16384],
+    # Barlow Twins' λ of the off-diagonal term, around the paper's 5e-3 (Zbontar et al.
+    # 2021 found the method little sensitive to λ near it).
+    "bt_lambda": {"min": 1e-3, "max": 2e-2, "sampling": "log"},
+    # VICReg's weights around the paper's λ = μ = 25, ν = 1 (Bardes et al. 2022 keep
+    # ν = 1 and λ = μ > 1 in their study of the coefficients).
+    "vicreg_lambda": {"min": 5.0, "max": 50.0, "sampling": "log"},
+    "vicreg_mu": {"min": 5.0, "max": 50.0, "sampling": "log"},
+    "vicreg_nu": {"min": 0.5, "max": 2.0, "sampling": "log"},
+    # The predictor's hidden width of BYOL (4096 on ImageNet) and SimSiam (512, a
+    # bottleneck; Chen & He 2021), scaled to small encoders.
+    "hidden_dim": [128, 256, 512, 1024],
+}
+
+
+def ssl_space(method: str) -> dict[str, Any]:
+    """The default search space of an SSL method (`TrainConfig` field → spec): its own
+    hyperparameters (those of `METHODS[method].arguments` with a range in
+    `SSL_HYPERPARAMETERS`), then the shared ones that apply to it. The one place that
+    decides which settings a method's trials tune."""
+    spec = METHODS[method]
+    own = {
+        name: SSL_HYPERPARAMETERS[name] for name in spec.arguments if name in SSL_HYPERPARAMETERS
+    }
+    shared = {
+        name: value
+        for name, value in SSL_SHARED_SPACE.items()
+        if name != "head" or spec.projector is None
+    }
+    return {**own, **shared}
+
+
+SIMCLR_SPACE = ssl_space("simclr")  # temperature, learning_rate, batch_size, head
 
 # Every supervised space also has `flip` (horizontal flips), fixed by default.
 DEFAULT_SPACES = {
@@ -213,5 +261,5 @@ DEFAULT_SPACES = {
     "mlp": {**MLP_SPACE, "flip": False},
     "resnet50": {**TRANSFER_SPACE, "flip": True},
     "inceptionv3": {**TRANSFER_SPACE, "flip": True},
-    "simclr": SIMCLR_SPACE,
+    **{name: ssl_space(name) for name in METHODS},
 }
