@@ -1,11 +1,14 @@
-"""tf.data builders: uint8 arrays in memory → float32 [0, 1] batches out.
+"""tf.data builders: uint8 arrays → float32 [0, 1] batches out.
 
-The uint8 array stays the in-memory source (4x smaller than float32); batches are gathered
-by index and converted to float inside the pipeline. Shuffling permutes indices, not
-images, so no shuffle buffer holds a second copy of the data.
+The uint8 array stays the source (4x smaller than float32); batches are gathered by index
+and converted to float inside the pipeline. Shuffling permutes indices, not images, so no
+shuffle buffer holds a second copy of the data.
 
-Note: the array is captured by the dataset's functions as one tensor; arrays over 2 GB
-cannot be serialized with the dataset graph (e.g. tf.data service), keep them smaller.
+An array in memory is captured by the dataset's functions as one tensor (arrays over 2 GB
+cannot be serialized with the dataset graph, e.g. for tf.data service). An `np.memmap` (a
+streamed dataset, `kerassl.data.cache`) is never copied whole: each batch's rows are read
+from it by index in a `tf.numpy_function`, in a parallel, ordered, prefetched map, so the
+batches and their order are the same as from the array in memory.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ def to_float(x_uint8: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) / np.float32(255.0)
 
 
+def _array(x) -> np.ndarray:
+    """`x` as an array; a memmap stays one (`np.asarray` would hide it, not copy it)."""
+    return x if isinstance(x, np.memmap) else np.asarray(x)
+
+
 def _check(x: np.ndarray, batch_size: int) -> None:
     if x.dtype != np.uint8 or x.ndim != 4:
         raise ValueError(f"x must be uint8 [N, H, W, C]. Received: {x.dtype} {x.shape}")
@@ -36,6 +44,26 @@ def _check(x: np.ndarray, batch_size: int) -> None:
         raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
     if batch_size < 1:
         raise UserError(f"batch size must be >= 1, got {batch_size}")
+
+
+def _gatherer(x: np.ndarray):
+    """idx [B] int64 → uint8 images [B, H, W, C] of `x`: a `tf.gather` of a constant
+    for an array in memory, a read by index for a memmap."""
+    if not isinstance(x, np.memmap):
+        images = tf.constant(x)  # [N, H, W, C] uint8
+        return lambda idx: tf.gather(images, idx)
+
+    def read(idx: np.ndarray) -> np.ndarray:
+        order = np.argsort(idx, kind="stable")  # rows read in file order
+        out = np.empty((len(idx), *x.shape[1:]), np.uint8)
+        out[order] = x[idx[order]]
+        return out
+
+    def gather(idx: tf.Tensor) -> tf.Tensor:
+        images = tf.numpy_function(read, [idx], tf.uint8, stateful=False)
+        return tf.ensure_shape(images, [idx.shape[0], *x.shape[1:]])
+
+    return gather
 
 
 def _index_batches(
@@ -88,7 +116,7 @@ def pretrain_dataset(
     Raises:
         UserError: ``batch_size`` > N (the dataset would be empty).
     """
-    x = np.asarray(x)
+    x = _array(x)
     _check(x, batch_size)
     if batch_size > len(x):
         raise UserError(
@@ -96,7 +124,7 @@ def pretrain_dataset(
         )
     n = len(x)
     steps = min(steps_per_epoch or n // batch_size, n // batch_size)
-    images = tf.constant(x)  # [N, H, W, C] uint8
+    gather = _gatherer(x)
 
     def epoch_batches(epoch):
         order = _permutation(n, tf.stack([tf.cast(seed, tf.int64), epoch]), shuffle)
@@ -106,7 +134,7 @@ def pretrain_dataset(
 
     first, last = epochs
     ds = tf.data.Dataset.range(first, last).flat_map(epoch_batches).skip(skip)
-    ds = ds.map(lambda idx: to_unit_float(tf.gather(images, idx)), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda idx: to_unit_float(gather(idx)), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 
@@ -124,20 +152,20 @@ def sampled_batches(
         seed: the run's seed.
         first_step: the step the stream starts at.
     """
-    x, y = np.asarray(x), np.asarray(y)
+    x, y = _array(x), np.asarray(y)
     _check(x, batch_size)
     if batch_size > len(x):
         raise UserError(
             f"batch size {batch_size} is larger than the {len(x)} examples; use at most {len(x)}"
         )
-    images, labels = tf.constant(x), tf.constant(y.astype(np.int64))
+    gather, labels = _gatherer(x), tf.constant(y.astype(np.int64))
     n = len(x)
 
     def batch(step):
         # A second stream of the same seed: its pairs (seed, -1 - k) never meet
         # `pretrain_dataset`'s (seed, epoch >= 0).
         idx = _permutation(n, tf.stack([tf.cast(seed, tf.int64), -1 - step]))[:batch_size]
-        return to_unit_float(tf.gather(images, idx)), tf.gather(labels, idx)
+        return to_unit_float(gather(idx)), tf.gather(labels, idx)
 
     ds = tf.data.Dataset.range(first_step, np.iinfo(np.int64).max)
     return ds.map(batch, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
@@ -168,7 +196,7 @@ def labeled_dataset(
         UserError: bad ``batch_size``, or ``drop_remainder`` with fewer than
             ``batch_size`` examples.
     """
-    x, y = np.asarray(x), np.asarray(y)
+    x, y = _array(x), np.asarray(y)
     _check(x, batch_size)
     if y.shape != (len(x),):
         raise ValueError(f"y must have shape ({len(x)},). Received: shape={y.shape}")
@@ -176,10 +204,10 @@ def labeled_dataset(
         raise UserError(
             f"batch size {batch_size} is larger than the {len(x)} examples; use at most {len(x)}"
         )
-    images, labels = tf.constant(x), tf.constant(y.astype(np.int64))
+    gather, labels = _gatherer(x), tf.constant(y.astype(np.int64))
     ds = _index_batches(len(x), batch_size, shuffle, seed, drop_remainder)
     ds = ds.map(
-        lambda idx: (to_unit_float(tf.gather(images, idx)), tf.gather(labels, idx)),
+        lambda idx: (to_unit_float(gather(idx)), tf.gather(labels, idx)),
         num_parallel_calls=AUTOTUNE,
     )
     return ds.prefetch(AUTOTUNE)

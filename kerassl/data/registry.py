@@ -157,8 +157,14 @@ def load_dataset(
     data_dir: str | None = None,
     image_size: int | None = None,
     download: bool = True,
+    stream: bool | None = None,
+    cache_dir: str | Path | None = None,
 ) -> ImageData:
     """Loads a dataset by name into uint8 arrays.
+
+    A `folder:` or TFDS dataset too large for memory is streamed: decoded once into the
+    on-disk cache of `kerassl.data.cache`, its arrays then read-only memmaps of it (see
+    that module for how consumers read them). Other formats are read into memory.
 
     Args:
         name: one of the forms of `DATASET_FORMS`.
@@ -167,6 +173,11 @@ def load_dataset(
         image_size: resize every image to this square size; None keeps the native size
             (digits: 16, folder: 64, variable-size TFDS images: 96).
         download: let TFDS download and prepare a dataset that is not prepared yet.
+        stream: `folder:` and TFDS only. True: through the on-disk cache; False: into
+            memory; None: the cache when the decoded images would take more than
+            `kerassl.data.cache.RAM_FRACTION` of the available memory. The arrays are
+            the same either way.
+        cache_dir: the cache's directory; None: ``<Keras home>/kerassl/images``.
 
     Returns:
         An `ImageData`.
@@ -187,7 +198,8 @@ def load_dataset(
         or image_size < 1
     ):
         raise UserError(f"image size must be a positive integer, got {image_size!r}")
-    display, arrays = _read(name.strip(), data_dir, image_size, download)
+    streaming = {"stream": stream, "cache_dir": Path(cache_dir) if cache_dir else None}
+    display, arrays = _read(name.strip(), data_dir, image_size, download, streaming)
     return _image_data(display, arrays)
 
 
@@ -212,8 +224,9 @@ def accepted_forms() -> str:
 # --------------------------------------------------------------------------- resolution
 
 
-def _read(name: str, data_dir: str | None, image_size: int | None, download: bool):
-    """The dataset's display name and the arrays of the loader its name resolves to."""
+def _read(name: str, data_dir: str | None, image_size: int | None, download: bool, streaming: dict):
+    """The dataset's display name and the arrays of the loader its name resolves to
+    (`streaming`: the `stream` and `cache_dir` arguments of the folder and TFDS loaders)."""
     # The loaders are imported when a dataset is read: they bring TensorFlow, which the
     # registry itself does not import (the command lines check names before it loads).
     from kerassl.data.formats.digits import load_digits
@@ -232,19 +245,23 @@ def _read(name: str, data_dir: str | None, image_size: int | None, download: boo
         if prefix == "idx":
             return name, load_idx(name, path, image_size)
         if prefix == "folder":
-            return name, load_folder(name, path, image_size)
+            return name, load_folder(name, path, image_size, **streaming)
         if prefix == "npz":
             return name, load_npz(name, path, image_size)
-        return name, _load_tfds(rest.strip(), data_dir, image_size, download, display=name)
+        return name, _load_tfds(
+            rest.strip(), data_dir, image_size, download, display=name, **streaming
+        )
     key = name.lower().replace("-", "_")
     if key == "digits":
         return key, load_digits(image_size)
     if key in _IDX_SUBFOLDERS:
-        return key, _load_named_idx(key, data_dir, image_size, download)
-    return name, _load_tfds(name, data_dir, image_size, download, display=name)
+        return key, _load_named_idx(key, data_dir, image_size, download, streaming)
+    return name, _load_tfds(name, data_dir, image_size, download, display=name, **streaming)
 
 
-def _load_named_idx(key: str, data_dir: str | None, image_size: int | None, download: bool):
+def _load_named_idx(
+    key: str, data_dir: str | None, image_size: int | None, download: bool, streaming: dict
+):
     """fashion_mnist or mnist from the first folder holding its IDX files, else TFDS."""
     from kerassl.data.formats.idx import has_idx, load_idx
 
@@ -263,7 +280,9 @@ def _load_named_idx(key: str, data_dir: str | None, image_size: int | None, down
         "or set $KERASSL_DATA_DIR"
     )
     hint = f"{key}: no IDX files in {searched}; {', '.join(ways)}, or allow TFDS to download it"
-    return _load_tfds(key, data_dir, image_size, download, display=key, local_hint=hint)
+    return _load_tfds(
+        key, data_dir, image_size, download, display=key, local_hint=hint, **streaming
+    )
 
 
 def _idx_candidates(key: str, data_dir: str | None) -> list[Path]:
@@ -307,14 +326,24 @@ def _path_hint(name: str) -> str:
     return ""
 
 
+def _rows(x: np.ndarray, indices: np.ndarray, part: str) -> np.ndarray:
+    """``x[indices]`` of the holdout; for a streamed (memmap) `x` a memmap of a file
+    beside its cache entry's, so that the whole pool is never read into memory."""
+    if isinstance(x, np.memmap):
+        from kerassl.data.cache import take
+
+        return take(x, indices, f"holdout-{HOLDOUT_FRACTION}-{HOLDOUT_SEED}-{part}")
+    return x[indices]
+
+
 def _image_data(name: str, arrays: Arrays) -> ImageData:
     """Names the arrays, picks their preset, and holds out a test split if they have none."""
     x_train, y_train, x_test, y_test = arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test
     source = arrays.source
     if x_test is None:
         keep, held_out = stratified_holdout(y_train, HOLDOUT_FRACTION, HOLDOUT_SEED)
-        x_test, y_test = x_train[held_out], y_train[held_out]
-        x_train, y_train = x_train[keep], y_train[keep]
+        x_test, y_test = _rows(x_train, held_out, "test"), y_train[held_out]
+        x_train, y_train = _rows(x_train, keep, "train"), y_train[keep]
         source += (
             f"; no test split: {HOLDOUT_FRACTION:.0%} of the labeled images held out as test "
             f"(stratified, seed {HOLDOUT_SEED})"

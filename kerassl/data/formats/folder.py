@@ -30,12 +30,17 @@ exported model does. The dataset is RGB when any of its readable images is, gray
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from kerassl.data import cache
 from kerassl.data.formats import Arrays
 from kerassl.data.preprocess import resize_images
 from kerassl.errors import UserError
@@ -46,7 +51,8 @@ LAYOUT = "PATH/<class>/*.png|jpg (and optionally PATH/unlabeled/, PATH/test/<cla
 _SYSTEM_FILES = {"thumbs.db", "desktop.ini"}
 _RESERVED_FOLDERS = {"test", "unlabeled"}
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "F"}
-_DECODE_CHUNK = 64  # full-size images held in memory at once
+_DECODE_CHUNK = 64  # images decoded and preprocessed as one chunk
+_CHUNKS_AHEAD = 2  # chunks decoded ahead of the one being preprocessed
 _NAMED = 3  # skipped files named in a message
 
 
@@ -54,16 +60,26 @@ class _Unreadable(Exception):
     """A file that yields no image; the message is the reason."""
 
 
-def load_folder(name: str, root: Path, image_size: int | None) -> Arrays:
+def load_folder(
+    name: str,
+    root: Path,
+    image_size: int | None,
+    stream: bool | None = None,
+    cache_dir: Path | None = None,
+) -> Arrays:
     """Reads the images under `root`, resized to `image_size` (default `DEFAULT_SIZE`).
 
     Unreadable files are skipped, listed in `Arrays.skipped` and announced by one line on
-    stderr (see the module docstring).
+    stderr (see the module docstring). Files are decoded in parallel threads.
 
     Args:
         name: the dataset name, for messages.
         root: the dataset folder.
         image_size: side of the square images.
+        stream: True: decode into the on-disk cache of `kerassl.data.cache` (once) and
+            return memmaps of it; False: into memory; None: the cache when the decoded
+            images would exceed `cache.RAM_FRACTION` of the available memory.
+        cache_dir: the cache directory; None: `cache.default_root()`.
 
     Raises:
         UserError: no such folder, no class folder, a test class without a training
@@ -78,7 +94,11 @@ def load_folder(name: str, root: Path, image_size: int | None) -> Arrays:
     files, labels = _train_files(root, class_dirs)
     test_files, test_labels = _test_files(name, root / "test", class_names)
     everything = files + test_files
-    x_all, readable, failures = _read_images(everything, image_size or DEFAULT_SIZE)
+    size = image_size or DEFAULT_SIZE
+    if cache.should_stream(len(everything) * size * size * 3, stream):
+        x_all, readable, failures = _cached_images(root, everything, size, cache_dir)
+    else:
+        x_all, readable, failures = _read_images(everything, size)
     skipped = tuple(f"{_relative(path, root)}: {reason}" for path, reason in failures)
     if not readable.any():
         raise UserError(
@@ -179,8 +199,8 @@ def _read_images(
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[Path, str]]]:
     """Decodes and preprocesses the readable `paths` into uint8 [K, size, size, C].
 
-    Images are decoded a chunk at a time, and the images of a chunk that share a shape
-    are preprocessed as one batch. C is 1 until the first colour image, then 3.
+    The images of a chunk that share a shape are preprocessed as one batch. C is 1 until
+    the first colour image, then 3.
 
     Returns:
         The images of the readable paths in their order, a bool mask of the readable paths,
@@ -190,24 +210,125 @@ def _read_images(
     readable = np.zeros(len(paths), bool)
     failures = []
     count = 0
-    for start in range(0, len(paths), _DECODE_CHUNK):
+    for start, results in _decoded_chunks(paths):
         decoded = []
-        for index, path in enumerate(paths[start : start + _DECODE_CHUNK], start):
-            try:
-                decoded.append(_decode(path))
+        for index, (image, reason) in enumerate(results, start):
+            if image is None:
+                failures.append((paths[index], reason))
+            else:
+                decoded.append(image)
                 readable[index] = True
-            except _Unreadable as error:
-                failures.append((path, str(error)))
         if out.shape[-1] == 1 and any(image.shape[-1] == 3 for image in decoded):
             out = np.repeat(out, 3, axis=-1)  # gray → RGB repeats, as preprocess_images does
-        rows_by_shape: dict[tuple[int, ...], list[int]] = {}
-        for row, image in enumerate(decoded):
-            rows_by_shape.setdefault(image.shape, []).append(row)
-        for rows in rows_by_shape.values():
-            batch = np.stack([decoded[row] for row in rows])
-            out[count + np.asarray(rows)] = resize_images(batch, size, out.shape[-1])
+        for rows, batch in _same_shape_batches(decoded):
+            out[count + rows] = resize_images(batch, size, out.shape[-1])
         count += len(decoded)
     return out[:count], readable, failures
+
+
+def _cached_images(
+    root: Path, paths: list[Path], size: int, cache_dir: Path | None
+) -> tuple[np.memmap, np.ndarray, list[tuple[Path, str]]]:
+    """`_read_images` through the on-disk cache: its entry for these files (names, sizes,
+    mtimes) and size, built first when there is none. The images are a read-only memmap."""
+    entry = cache.Entry(
+        Path(cache_dir) if cache_dir is not None else cache.default_root(),
+        source=["folder", str(root.resolve()), size],
+        content=cache.file_listing(paths, root),
+    )
+    if not entry.complete():
+        entry.build(lambda directory: _build_cache(directory, paths, size))
+    images, _, meta = entry.read()
+    unreadable = dict(meta["unreadable"])
+    readable = np.ones(len(paths), bool)
+    readable[list(unreadable)] = False
+    return images, readable, [(paths[i], reason) for i, reason in unreadable.items()]
+
+
+def _build_cache(directory: Path, paths: list[Path], size: int, channels: int | None = None):
+    """Writes the cache entry of `_cached_images` into `directory`: row i of the images
+    is the i-th readable path's, exactly as `_read_images` computes it. The channels are
+    guessed from the files' headers unless given."""
+    if channels is None:
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            channels = 3 if any(pool.map(_colour_header, paths)) else 1
+    writer = cache.ImageWriter(directory / cache.IMAGES, len(paths))
+    readable = np.zeros(len(paths), bool)
+    unreadable, colour = [], False
+    for start, results in _decoded_chunks(paths):
+        decoded, rows = [], []
+        for index, (image, reason) in enumerate(results, start):
+            if image is None:
+                unreadable.append((index, reason))
+            else:
+                decoded.append(image)
+                rows.append(index)
+                readable[index] = True
+                colour |= image.shape[-1] == 3
+        if colour and channels == 1:  # a header said gray, the pixels are colour
+            return _build_cache(directory, paths, size, channels=3)
+        for batch_rows, batch in _same_shape_batches(decoded):
+            writer.write(np.asarray(rows)[batch_rows], resize_images(batch, size, channels))
+    # No colour image after all (a colour header on an unreadable file): a gray image
+    # preprocessed to RGB repeats its one channel, so the first channel is the gray image.
+    writer.finish((size, size, channels), keep=readable, channels=1 if not colour else None)
+    cache.write_meta(directory, {"unreadable": unreadable})
+
+
+def _colour_header(path: Path) -> bool:
+    """Whether `path`'s header announces a mode `_pixels` makes RGB (no pixels decoded);
+    False for what cannot be opened."""
+    from PIL import Image
+
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                return not (image.mode.startswith("I;16") or image.mode in _GRAY_MODES)
+    except Exception:
+        return False
+
+
+def _same_shape_batches(decoded: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(positions in `decoded`, stacked images) for each shape among `decoded`."""
+    rows_by_shape: dict[tuple[int, ...], list[int]] = {}
+    for row, image in enumerate(decoded):
+        rows_by_shape.setdefault(image.shape, []).append(row)
+    for rows in rows_by_shape.values():
+        yield np.asarray(rows), np.stack([decoded[row] for row in rows])
+
+
+def _decoded_chunks(
+    paths: list[Path],
+) -> Iterator[tuple[int, list[tuple[np.ndarray | None, str | None]]]]:
+    """(first index, [(image, None) or (None, reason)]) for each chunk of `_DECODE_CHUNK`
+    paths, in order, decoded by a thread per CPU (PIL releases the GIL while decoding)
+    at most `_CHUNKS_AHEAD` chunks ahead of the consumer."""
+    starts = iter(range(0, len(paths), _DECODE_CHUNK))
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        pending: deque = deque()
+
+        def submit() -> None:
+            start = next(starts, None)
+            if start is not None:
+                chunk = paths[start : start + _DECODE_CHUNK]
+                pending.append((start, [pool.submit(_try_decode, path) for path in chunk]))
+
+        for _ in range(_CHUNKS_AHEAD + 1):
+            submit()
+        while pending:
+            start, futures = pending.popleft()
+            submit()
+            yield start, [future.result() for future in futures]
+
+
+def _try_decode(path: Path) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return _decode(path), None
+    except _Unreadable as error:
+        return None, str(error)
 
 
 def _decode(path: Path) -> np.ndarray:

@@ -1,10 +1,21 @@
-"""TensorFlow Datasets image classification builders (downloaded only when allowed)."""
+"""TensorFlow Datasets image classification builders (downloaded only when allowed).
+
+Images are decoded and preprocessed in a parallel tf.data map; a builder too large for
+memory is written into the on-disk cache of `kerassl.data.cache` (train rows, then test
+rows), keyed on the builder's name, version, config and data_dir and on the names, sizes
+and modification times of its data_dir's files. A builder without files to list (mocked
+by `tfds.testing.mock_data`, or not on a listable file system) is decoded into the cache
+afresh at every load, never read from an older entry.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from kerassl.data import cache
 from kerassl.data.formats import Arrays
 from kerassl.data.preprocess import preprocess_images
 from kerassl.errors import UserError
@@ -34,6 +45,8 @@ def load_tfds(
     download: bool,
     display: str,
     local_hint: str | None = None,
+    stream: bool | None = None,
+    cache_dir: Path | None = None,
 ) -> Arrays:
     """Reads the `train` and, when present, `test` splits of a TFDS builder.
 
@@ -45,6 +58,10 @@ def load_tfds(
         download: let TFDS download and prepare a builder that is not prepared yet.
         display: the dataset name, for messages.
         local_hint: how to get the data locally instead, said when TFDS cannot give it.
+        stream: True: through the on-disk cache (memmaps of it returned); False: into
+            memory; None: the cache when the decoded images would exceed
+            `cache.RAM_FRACTION` of the available memory (by the split sizes TFDS records).
+        cache_dir: the cache directory; None: `cache.default_root()`.
 
     Raises:
         UnknownBuilder: `name` is no TFDS builder.
@@ -76,11 +93,21 @@ def load_tfds(
     if split_names and "train" not in split_names:
         raise UserError(f"{display}: no 'train' split (splits: {', '.join(split_names)})")
 
-    def read(split: str) -> tuple[np.ndarray, np.ndarray]:
-        return _split_arrays(builder, split, image_key, label_key, size, channels, variable)
+    splits = ["train"] + (["test"] if not split_names or "test" in split_names else [])
 
-    x_train, y_train = read("train")
-    x_test, y_test = read("test") if not split_names or "test" in split_names else (None, None)
+    def batches(split: str):
+        return _split_batches(builder, split, image_key, label_key, size, channels, variable)
+
+    counts = [info.splits[split].num_examples if split in split_names else None for split in splits]
+    known = None if None in counts else sum(counts)
+    side = size or (shape[0] if not variable else None)
+    decoded = known * side * side * channels if known is not None and side else None
+    if cache.should_stream(decoded, stream):
+        key = [builder.info.full_name, str(builder.data_dir), size, channels, splits]
+        read = _cached_splits(builder, key, splits, batches, known, cache_dir)
+    else:
+        read = [_concatenate(builder, split, batches(split)) for split in splits]
+    (x_train, y_train), (x_test, y_test) = read[0], (read[1] if len(read) > 1 else (None, None))
     resize_note = f", centre-cropped and resized to {size}" if size else ""
     return Arrays(
         x_train=x_train,
@@ -118,8 +145,9 @@ def _prepare(builder, name: str, download: bool, display: str, local_hint: str |
         ) from error
 
 
-def _split_arrays(builder, split, image_key, label_key, size, channels, variable):
-    """uint8 images and int64 labels of one split, preprocessed to `size` when given."""
+def _split_batches(builder, split, image_key, label_key, size, channels, variable):
+    """(uint8 images, labels) NumPy batches of one split, preprocessed to `size` when
+    given, decoded and preprocessed in parallel and prefetched."""
     autotune = tf.data.AUTOTUNE
     ds = builder.as_dataset(split=split, shuffle_files=False)
     ds = ds.map(lambda ex: (ex[image_key], ex[label_key]), num_parallel_calls=autotune)
@@ -130,12 +158,68 @@ def _split_arrays(builder, split, image_key, label_key, size, channels, variable
         ds = ds.batch(_BATCH)
         if size:
             ds = ds.map(preprocess, num_parallel_calls=autotune)
-    images, labels = [], []
     for x, y in ds.prefetch(autotune).as_numpy_iterator():
+        yield x.astype(np.uint8, copy=False), y.astype(np.int64)
+
+
+def _concatenate(builder, split, batches) -> tuple[np.ndarray, np.ndarray]:
+    """One split's batches as arrays in memory."""
+    images, labels = [], []
+    for x, y in batches:
         images.append(x)
         labels.append(y)
     if not images:
         raise UserError(f"{builder.name}: split {split!r} is empty")
-    return np.concatenate(images).astype(np.uint8, copy=False), np.concatenate(labels).astype(
-        np.int64
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _cached_splits(builder, key, splits, batches, rows, cache_dir):
+    """[(images, labels)] of each split from the builder's cache entry (built first when
+    there is none, or always when the builder's files cannot be listed); the images are
+    read-only memmap views of one file."""
+    listing = _listing(str(builder.data_dir))
+    entry = cache.Entry(
+        Path(cache_dir) if cache_dir is not None else cache.default_root(), key, listing
     )
+
+    def write(directory: Path) -> None:
+        writer = cache.ImageWriter(directory / cache.IMAGES, rows)
+        labels, counts, tail = [], [], None
+        for split in splits:
+            count = 0
+            for x, y in batches(split):
+                writer.append(x)
+                labels.append(y)
+                count += len(x)
+                tail = x.shape[1:]
+            if not count:
+                raise UserError(f"{builder.name}: split {split!r} is empty")
+            counts.append(count)
+        writer.finish(tail)
+        cache.write_labels(directory, np.concatenate(labels))
+        cache.write_meta(directory, {"counts": counts})
+
+    if not listing and entry.complete():
+        import shutil
+
+        shutil.rmtree(entry.path, ignore_errors=True)  # nothing to tell a stale entry by
+    if not entry.complete():
+        entry.build(write)
+    images, labels, meta = entry.read()
+    ends = np.cumsum([0, *meta["counts"]])
+    return [(images[a:b], labels[a:b]) for a, b in zip(ends[:-1], ends[1:], strict=True)]
+
+
+def _listing(data_dir: str) -> list[tuple[str, int, int]]:
+    """(name, size, mtime) of the files of a TFDS data_dir; [] when it has none or
+    cannot be listed."""
+    try:
+        names = sorted(tf.io.gfile.listdir(data_dir))
+    except (tf.errors.OpError, OSError):
+        return []
+    listing = []
+    for name in names:
+        stat = tf.io.gfile.stat(f"{data_dir}/{name}")
+        if not stat.is_directory:
+            listing.append((name, int(stat.length), int(stat.mtime_nsec)))
+    return listing
