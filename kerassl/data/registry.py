@@ -14,7 +14,9 @@ environment variable library code reads, by design), then system folders such as
 Images that must change size are centre-cropped to a square and resized by
 `kerassl.data.preprocess`, the preprocessing the exported model runs too. Unreadable files
 of a `folder:` dataset are skipped with one warning line and listed in `ImageData.skipped`;
-corrupt IDX or npz files are a `UserError` naming the file and what was expected.
+corrupt IDX or npz files are a `UserError` naming the file and what was expected. A
+`folder:` or TFDS dataset too large for memory is streamed from an on-disk cache of its
+decoded images (`kerassl.data.cache`).
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ HOLDOUT_SEED = 0
 @dataclass
 class ImageData:
     """A labeled/unlabeled training pool and a labeled test split, as uint8 arrays.
+
+    The arrays of a streamed dataset (`kerassl.data.cache`) are read-only `np.memmap`s of
+    its cache entry: index them (`x[indices]`, `x[a:b]`) rather than copy them whole.
 
     Attributes:
         name: the dataset name as given to `load_dataset`.
