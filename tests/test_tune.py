@@ -184,6 +184,43 @@ def test_simclr_search_objective_is_validation_probe_accuracy(tmp_path, monkeypa
     assert (out / "best_encoder.keras").exists()
 
 
+def test_byol_search_writes_its_best_config_and_encoder(tmp_path, monkeypatch):
+    import keras
+
+    from kerassl import pretraining
+
+    pretrained = []
+    real_pretrain = pretraining.pretrain
+
+    def pretrain_spy(plan, *args, **kwargs):
+        pretrained.append(plan.config)
+        return real_pretrain(plan, *args, **kwargs)
+
+    monkeypatch.setattr(pretraining, "pretrain", pretrain_spy)
+    path = tmp_path / "byol.yaml"
+    path.write_text(
+        "model: byol\ndataset: digits\nlabels: 50\nvalidation: 0.4\nepochs: 1\n"
+        "ssl: {steps_per_epoch: 1, max_unlabeled: 64, projection_dim: 16, jit_compile: false}\n"
+        "space: {batch_size: [32], head: [mlp], hidden_dim: [16, 32], momentum: [0.9, 0.99]}\n"
+    )
+    out = tmp_path / "byol"
+    assert tune.main([str(path), "--max-trials", "2", "--out", str(out)]) == 0
+    assert [config.method for config in pretrained] == ["byol", "byol"]
+    table = pd.read_csv(out / "results.csv")
+    assert table["trial"].tolist() == [0, 1] and (table["status"] == "COMPLETED").all()
+    assert {"momentum", "hidden_dim", "learning_rate"} <= set(table.columns)
+    assert "temperature" not in table.columns  # not a BYOL hyperparameter
+    best = json.loads((out / "best_hyperparameters.json").read_text())
+    assert best["hidden_dim"] in (16, 32) and best["momentum"] in (0.9, 0.99)
+    assert best["val_accuracy"] == pytest.approx(table["val_accuracy"].max(), abs=1e-4)
+    # The best trial's encoder: the search's model, an image → vector map.
+    encoder = keras.saving.load_model(out / "best_encoder.keras")
+    assert len(encoder.output_shape) == 2 and not (out / "best_model.keras").exists()
+    test = json.loads((out / "test_metrics.json").read_text())
+    assert test["val_accuracy"] == pytest.approx(best["val_accuracy"])
+    assert 0 <= test["top1"] <= 1 and test["num_test"] == len(load_dataset("digits").y_test)
+
+
 def test_tuning_yaml_definitions_are_valid():
     paths = sorted((REPO / "tuning").glob("*.yaml"))
     names = {p.name for p in paths}
@@ -218,6 +255,19 @@ def test_shipped_yaml_runs_with_overrides(tmp_path, trainings):
         ("model: cnn\nspace:\n  depth: [1, 2]\n", [], "unknown hyperparameter depth; tunable: "),
         ("model: cnn\nmax_trial: 3\n", [], "bad.yaml; did you mean max_trials? known: model, "),
         ("model: cnn\nmax_trials: 0\n", [], "max_trials must be an integer >= 1; got 0"),
+        (
+            "model: byol\nspace:\n  temperature: [0.1]\n",
+            [],
+            "bad search space for byol: unknown hyperparameter temperature; tunable: ",
+        ),
+        ("model: cnn\nssl: {encoder: cnn}\n", [], "ssl settings apply to the SSL methods (simclr,"),
+        (
+            "model: moco\nssl: {method: byol}\n",
+            [],
+            "ssl cannot set method: it is the search's model",
+        ),
+        ("model: vicreg\nssl: {vicreg_mu: 5}\n", [], "ssl setting(s) vicreg_mu are tuned"),
+        ("model: simsiam\nspace: {batch_size: [big]}\n", [], "batch_size must be integers"),
         ("model: cnn\n", ["--labels", "lots"], "labels must be"),
         ("model: cnn\nmodel: [\n", [], "is not valid YAML"),
         ("- cnn\n", [], "must be a mapping"),
@@ -271,6 +321,8 @@ AT_LEAST_ONE = "must be an integer >= 1, got"
     "argv, message",
     [
         (["densenet"], "unknown model 'densenet'; choose one of cnn, mlp, resnet50"),
+        (["dino", "--dataset", "digits"], "unknown model 'dino'; choose one of cnn, mlp, resnet50, "
+         "inceptionv3, simclr, moco, barlow_twins, byol, simsiam, vicreg or give a .yaml"),
         (["cnn", "--tuner", "grid"], "unknown tuner 'grid'; choose one of random, bayesian"),
         (["cnn", "--max-trials", "0"], f"argument --max-trials: {AT_LEAST_ONE} '0'"),
         (["cnn", "--max-trials", "ten"], f"argument --max-trials: {AT_LEAST_ONE} 'ten'"),
@@ -313,7 +365,8 @@ def test_usage_errors_come_before_tensorflow_loads(tmp_path):
 import sys
 from kerassl import tune
 for argv in (["densenet"], ["typo.yaml"], ["cnn", "--labels", "1.5"], ["cnn", "--tuner", "x"],
-             ["missing.yaml"], ["simclr", "--max-trials", "ten"]):
+             ["missing.yaml"], ["simclr", "--max-trials", "ten"], ["dino"],
+             ["vicreg", "--max-trials", "ten"]):
     code = tune.main(argv)
     assert code == 2, (argv, code)
 print(sorted(m for m in ("tensorflow", "keras", "keras_tuner") if m in sys.modules))
@@ -328,4 +381,4 @@ print(sorted(m for m in ("tensorflow", "keras", "keras_tuner") if m in sys.modul
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "[]\n"
-    assert result.stderr.count("kerassl: error: ") == 6
+    assert result.stderr.count("kerassl: error: ") == 8

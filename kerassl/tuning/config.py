@@ -16,7 +16,7 @@ from typing import Any
 from kerassl.checks import parse_weights
 from kerassl.errors import UserError
 from kerassl.methods import METHODS
-from kerassl.tuning.spaces import DEFAULT_SPACES, parse_space, unknown_names
+from kerassl.tuning.spaces import DEFAULT_SPACES, Param, parse_space, unknown_names
 
 TUNERS = ("random", "bayesian", "hyperband")
 # Supervised baselines with a HyperModel, then every SSL method of the registry.
@@ -166,10 +166,19 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+def _largest(name: str, param: Param) -> int:
+    """The largest value an integer hyperparameter takes; `UserError` for other values."""
+    values = (param.max,) if param.kind in ("int", "float") else param.values
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise UserError(f"bad search space: {name} must be integers; got {list(values)}")
+    return int(max(values))
+
+
 def ssl_base_config(config: SearchConfig):
     """The `TrainConfig` every trial of an SSL method's search starts from (validated)."""
     from kerassl.config import TrainConfig
 
+    space = parse_space(DEFAULT_SPACES[config.model], config.space)
     values = {
         "method": config.model,
         "dataset": config.dataset,
@@ -181,6 +190,9 @@ def ssl_base_config(config: SearchConfig):
         "seed": config.seed,
         "baseline": "none",
         "knn_every": 0,
+        # The largest batch of the space: one the unlabeled pool cannot fill is an error
+        # before the first trial (the base plan is resolved with it), not in some trial.
+        "batch_size": _largest("batch_size", space["batch_size"]),
         **config.ssl,
     }
     if "method" in config.ssl:
