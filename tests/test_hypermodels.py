@@ -260,7 +260,6 @@ def test_ssl_hypermodel_builds_a_compiled_method_from_a_sample(method):
     config = hypermodel.build(hp)
     assert config.method == method and config.encoder == "cnn"
     assert {name: getattr(config, name) for name in hp.values} == pytest.approx(hp.values)
-    config.validate()  # a sample is a valid `kerassl train` configuration
     model = build_method(config, (16, 16, 1), "digits", total_steps=4)
     assert model.compiled and model.optimizer is not None
     # The sample reached the method's constructor (and its saved config).
@@ -274,3 +273,16 @@ def test_ssl_hypermodel_builds_a_compiled_method_from_a_sample(method):
 def test_ssl_hypermodel_rejects_an_unknown_method():
     with pytest.raises(ValueError, match="^method must be one of simclr, moco, .*method='dino'"):
         SSLHyperModel("dino", SSL_BASE)
+
+
+def test_a_trial_s_settings_are_checked_as_kerassl_train_checks_them():
+    from kerassl.errors import UserError
+
+    hypermodel = SSLHyperModel("moco", SSL_BASE, space={"batch_size": [30, 32]})
+    hp = kt.HyperParameters()
+    hypermodel.values(hp)
+    hp.values["batch_size"] = 30
+    with pytest.raises(UserError, match=r"--batch-size must be a multiple of --bn-groups \(4\)"):
+        hypermodel.build(hp)
+    hp.values["batch_size"] = 32
+    assert hypermodel.build(hp).batch_size == 32

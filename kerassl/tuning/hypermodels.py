@@ -262,11 +262,15 @@ class SSLHyperModel(kt.HyperModel):
         return {name: param.define(hp, name) for name, param in self.space.items()}
 
     def build(self, hp: kt.HyperParameters) -> Any:
-        """The trial's `TrainConfig`: `base_config` with this trial's values."""
+        """The trial's `TrainConfig`: `base_config` with this trial's values, checked as
+        `kerassl train` checks its settings (`UserError`, e.g. a MoCo batch size that is
+        no multiple of `bn_groups`)."""
         values = self.values(hp)
         for name in _INTEGER_SETTINGS & set(values):
             values[name] = int(values[name])
-        return dataclasses.replace(self.base_config, method=self.method, **values)
+        config = dataclasses.replace(self.base_config, method=self.method, **values)
+        config.validate()
+        return config
 
     def fit(self, hp, config, plan, verbose: int = 0, **kwargs) -> dict[str, float]:
         """Pretrains with `config` on `plan` (a `kerassl.plan.Plan` whose data holds no test
