@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -128,13 +129,26 @@ class Entry:
         meta = json.loads((self.path / META).read_text())
         return images, labels, meta
 
-    def build(self, write) -> None:
+    def build(self, write, nbytes: int | None = None) -> None:
         """Runs `write(directory)` in a temporary directory, which must leave `IMAGES`
         and `META` (and may leave `LABELS`) there, then renames it into place and removes
-        the other entries of the same source. An exception leaves no entry."""
+        the other entries of the same source. An exception leaves no entry.
+
+        Raises:
+            UserError: the cache's disk has less than `nbytes` free.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         self._remove_leftovers()
-        temp = self.root / f"{_TEMP}{self.path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        free = shutil.disk_usage(self.root).free
+        if nbytes is not None and nbytes > free:
+            from kerassl.errors import UserError
+
+            raise UserError(
+                f"the decoded images need {nbytes / 1e9:.1f} GB in the image cache "
+                f"{self.root}, which has {free / 1e9:.1f} GB free; free some space or "
+                "set $KERAS_HOME to a folder on a larger disk"
+            )
+        temp = self.root / f"{_TEMP}{self.path.name}-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         temp.mkdir()
         try:
             write(temp)
@@ -155,11 +169,16 @@ class Entry:
                 shutil.rmtree(other, ignore_errors=True)
 
     def _remove_leftovers(self) -> None:
-        """Temporary directories of this source whose process is gone (killed builds)."""
-        for temp in self.root.glob(f"{_TEMP}{self.prefix}-*"):
+        """Temporary directories of this source left by a process of this host that is
+        gone (killed builds); other hosts' (a cluster sharing the cache) are theirs."""
+        for temp in self.root.glob(f"{_TEMP}{self.prefix}-*-{_host()}-*"):
             pid = temp.name.rsplit("-", 2)[-2]
             if not pid.isdigit() or not _alive(int(pid)):
                 shutil.rmtree(temp, ignore_errors=True)
+
+
+def _host() -> str:
+    return socket.gethostname().replace("/", "_") or "localhost"
 
 
 def _alive(pid: int) -> bool:

@@ -26,6 +26,14 @@ its high byte (as libpng and the SavedModel's `tf.io.decode_image` do), 32-bit "
 clipped to 0..255, every other mode (RGBA, palette with transparency, CMYK, …) → RGB, alpha
 dropped. `kerassl.data.preprocess` then crops, resizes and converts channels, as the
 exported model does. The dataset is RGB when any of its readable images is, gray otherwise.
+
+Files are decoded by a thread per CPU, a few chunks ahead of the preprocessing. A folder
+whose decoded images would not fit in memory (`kerassl.data.cache.should_stream`) is
+decoded once into the on-disk cache, keyed on the folder, the size and every file's
+relative path, size and mtime, and returned as memmaps of it; the gray-or-RGB choice is
+then read from the files' headers first (a colour header on a file that turns out
+unreadable is undone, a gray one on colour pixels restarts the build in RGB), so that the
+cached pixels equal the in-memory path's.
 """
 
 from __future__ import annotations
@@ -237,7 +245,8 @@ def _cached_images(
         content=cache.file_listing(paths, root),
     )
     if not entry.complete():
-        entry.build(lambda directory: _build_cache(directory, paths, size))
+        nbytes = len(paths) * size * size * 3
+        entry.build(lambda directory: _build_cache(directory, paths, size), nbytes)
     images, _, meta = entry.read()
     unreadable = dict(meta["unreadable"])
     readable = np.ones(len(paths), bool)

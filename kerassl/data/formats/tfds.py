@@ -104,7 +104,7 @@ def load_tfds(
     decoded = known * side * side * channels if known is not None and side else None
     if cache.should_stream(decoded, stream):
         key = [builder.info.full_name, str(builder.data_dir), size, channels, splits]
-        read = _cached_splits(builder, key, splits, batches, known, cache_dir)
+        read = _cached_splits(builder, key, splits, batches, known, cache_dir, decoded)
     else:
         read = [_concatenate(builder, split, batches(split)) for split in splits]
     (x_train, y_train), (x_test, y_test) = read[0], (read[1] if len(read) > 1 else (None, None))
@@ -173,7 +173,7 @@ def _concatenate(builder, split, batches) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(labels)
 
 
-def _cached_splits(builder, key, splits, batches, rows, cache_dir):
+def _cached_splits(builder, key, splits, batches, rows, cache_dir, nbytes):
     """[(images, labels)] of each split from the builder's cache entry (built first when
     there is none, or always when the builder's files cannot be listed); the images are
     read-only memmap views of one file."""
@@ -204,7 +204,7 @@ def _cached_splits(builder, key, splits, batches, rows, cache_dir):
 
         shutil.rmtree(entry.path, ignore_errors=True)  # nothing to tell a stale entry by
     if not entry.complete():
-        entry.build(write)
+        entry.build(write, nbytes)
     images, labels, meta = entry.read()
     ends = np.cumsum([0, *meta["counts"]])
     return [(images[a:b], labels[a:b]) for a, b in zip(ends[:-1], ends[1:], strict=True)]
