@@ -16,6 +16,9 @@ CLASSIFIERS = ("cnn", "cnn_deep", "mlp", "resnet50", "inceptionv3")  # supervise
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 # SimCLR's NT-Xent similarity: cosine (the paper's) or the raw dot product (its Table 5).
 SIMILARITIES = ("cosine", "dot")
+# Keras dtype policies of the method's networks (--precision): mixed ones compute in 16 bits
+# and keep float32 variables, losses and encoder features (`kerassl.models.base`).
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 def known(kind: str, name: str, names: tuple[str, ...]) -> str:

@@ -107,6 +107,10 @@ class TrainConfig:
     # measured once per machine and setting and cached (`kerassl.xla_choice`: 0.76x on one
     # CPU, 1.24x on another); the two views are one XLA cluster regardless.
     jit_compile: bool | str = "auto"
+    # Keras dtype policy of the method's networks (catalog.PRECISIONS): mixed_* compute in
+    # bfloat16/float16 with float32 variables, losses and encoder features; float16 adds
+    # dynamic loss scaling.
+    precision: str = "float32"
     strategy: str = "auto"  # auto | default | mirrored | multi_worker
     baseline: str = "cnn"  # supervised baseline trained on the same labels; "none" to skip
     baseline_epochs: int = 200
@@ -139,6 +143,7 @@ class TrainConfig:
             ("optimizer", self.optimizer.lower(), catalog.OPTIMIZERS),
             ("baseline", self.baseline, (*catalog.CLASSIFIERS, "none")),
             ("strategy", self.strategy, catalog.STRATEGIES),
+            ("precision", self.precision, catalog.PRECISIONS),
         ):
             catalog.known(kind, name, names)
         if self.weights is not None:

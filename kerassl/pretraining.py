@@ -27,6 +27,7 @@ from kerassl.data.augment import make_augmenter
 from kerassl.data.pipeline import pretrain_dataset, sampled_batches
 from kerassl.evaluation.knn import KNNMonitor
 from kerassl.methods import get_method
+from kerassl.models.base import dtype_policy, float32_outputs, loss_scaled
 from kerassl.models.encoders import build_encoder
 from kerassl.models.heads import build_head
 from kerassl.optimizers import WarmupCosine, make_optimizer
@@ -48,7 +49,8 @@ def build_method(
     """Builds and compiles the configured SSL method in the current strategy scope.
 
     Args:
-        config: the settings (method, encoder, head, optimiser, the method's own).
+        config: the settings (method, encoder, head, optimiser, precision, the method's
+            own).
         input_shape: (height, width, channels) of the images.
         preset: augmentation preset.
         total_steps: pretraining steps (the learning-rate schedule's length).
@@ -57,32 +59,45 @@ def build_method(
         jit_compile: XLA-compile the whole train step.
     """
     spec = get_method(config.method)
-    encoder = build_encoder(config.encoder, input_shape, weights=config.weights, sync_bn=sync_bn)
-    build_projector = spec.load_projector()
-    if build_projector is not None:
-        # The method's own projector (--projector-dims) takes the place of the --head options.
-        head = build_projector(encoder.output_shape[-1], config.projector_widths, sync_bn=sync_bn)
-    else:
-        head = build_head(
-            config.head,
-            encoder.output_shape[-1],
-            output_dim=config.projection_dim,
-            hidden_dim=config.hidden_dim,
-            sync_bn=sync_bn,
+    # Every layer of the method (encoder, head, predictor, momentum copies, probe) takes
+    # `--precision`'s policy; the process's own policy is left as it was.
+    with dtype_policy(config.precision):
+        encoder = float32_outputs(
+            build_encoder(config.encoder, input_shape, weights=config.weights, sync_bn=sync_bn)
         )
-    arguments = {argument: getattr(config, name) for name, argument in spec.arguments.items()}
-    model = spec.load()(
-        encoder,
-        head,
-        make_augmenter(preset, seed=config.seed),
-        probe_classes=num_classes if config.online_probe else 0,
-        name=spec.name,
-        **arguments,
-    )
+        build_projector = spec.load_projector()
+        if build_projector is not None:
+            # The method's own projector (--projector-dims) takes the place of the --head options.
+            head = build_projector(
+                encoder.output_shape[-1], config.projector_widths, sync_bn=sync_bn
+            )
+        else:
+            head = build_head(
+                config.head,
+                encoder.output_shape[-1],
+                output_dim=config.projection_dim,
+                hidden_dim=config.hidden_dim,
+                sync_bn=sync_bn,
+            )
+        arguments = {argument: getattr(config, name) for name, argument in spec.arguments.items()}
+        model = spec.load()(
+            encoder,
+            head,
+            make_augmenter(preset, seed=config.seed),
+            probe_classes=num_classes if config.online_probe else 0,
+            name=spec.name,
+            **arguments,
+        )
     warmup = int(round(config.warmup_epochs / config.epochs * total_steps))
     schedule = WarmupCosine(config.learning_rate, total_steps=total_steps, warmup_steps=warmup)
     optimizer = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay)
-    model.compile(optimizer=optimizer, jit_compile=jit_compile)
+    # The loss scaling is said here rather than left to `compile` (which wraps the optimizer
+    # of a mixed_float16 model too), so that every builder of a method gets it the same way.
+    model.compile(
+        optimizer=loss_scaled(optimizer, config.precision),
+        jit_compile=jit_compile,
+        auto_scale_loss=False,
+    )
     return model
 
 

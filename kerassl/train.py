@@ -217,6 +217,12 @@ def build_parser() -> ArgumentParser:
         "--no-xla", dest="jit_compile", action="store_const", const="off", help="same as --xla off"
     )
     g.add_argument(
+        "--precision",
+        default=d.precision,
+        help="dtype policy of the networks: float32 (default), mixed_bfloat16, mixed_float16 "
+        "(16-bit compute, float32 weights, losses and features; float16 with loss scaling)",
+    )
+    g.add_argument(
         "--strategy",
         default=d.strategy,
         help="auto (default), default, mirrored, multi_worker (TF_CONFIG or SLURM)",

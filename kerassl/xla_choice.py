@@ -224,7 +224,6 @@ def choose_for_plan(
     directory (`$KERAS_HOME`, else `~/.keras`, as Keras resolves it)."""
     import dataclasses
 
-    import keras
     import tensorflow as tf
     from keras.src.backend.config import keras_home
 
@@ -242,7 +241,7 @@ def choose_for_plan(
         batch_size=config.batch_size,
         replicas=plan.replicas,
         device="GPU" if gpu else "CPU",
-        precision=keras.config.dtype_policy().name,
+        precision=config.precision,  # the policy the method is built under (--precision)
         tensorflow=tf.__version__,
     )
     budget = None if config.time_budget is None else parse_duration(config.time_budget)

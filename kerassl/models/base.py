@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import keras
@@ -59,6 +60,50 @@ def _unpack(data) -> tuple:
         return data, None
     labeled = data[1] if len(data) > 1 else None
     return data[0], (labeled if isinstance(labeled, (tuple, list)) else None)
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str):
+    """Within it, layers are built under the Keras dtype policy `precision` (one of
+    `kerassl.catalog.PRECISIONS`); the previous policy is restored on the way out, so that
+    nothing built later in the process inherits it.
+
+    A layer keeps the policy it was built with (and its `.keras` config records it), so a
+    method built here computes in 16 bits wherever it is called. Under `mixed_bfloat16` and
+    `mixed_float16` variables stay float32 (BatchNorm normalises in float32); what must
+    also stay float32 is the losses (every loss in `kerassl.losses` casts its inputs),
+    the online probe's logits, and the encoder's features (`float32_outputs`).
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def float32_outputs(model: keras.Model) -> keras.Model:
+    """`model` if its output is float32, else the same layers (shared, same weights and
+    names) followed by a float32 identity `Activation` named "float32_features".
+
+    Applied to the encoder under a mixed policy, so that whatever consumes its features
+    (the heads, probes, kNN, the `.keras` encoder of a run directory, the exported
+    SavedModel) receives float32."""
+    if keras.backend.standardize_dtype(model.output.dtype) == "float32":
+        return model
+    cast = keras.layers.Activation("linear", dtype="float32", name="float32_features")
+    return keras.Model(model.input, cast(model.output), name=model.name)
+
+
+def loss_scaled(optimizer: keras.optimizers.Optimizer, precision: str):
+    """`optimizer` wrapped in a `keras.optimizers.LossScaleOptimizer` (dynamic scaling)
+    under `mixed_float16`, whose gradients underflow without it; `optimizer` itself
+    otherwise (bfloat16 has float32's exponent range)."""
+    if precision == "mixed_float16" and not isinstance(
+        optimizer, keras.optimizers.LossScaleOptimizer
+    ):
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def update_momentum(source: keras.Model, target: keras.Model, momentum: float) -> None:
@@ -167,7 +212,7 @@ class SSLModel(keras.Model):
     def probe_loss(self, labeled_images, labels):
         """Returns `(loss, logits)` of the online probe on stop-gradient features."""
         features = ops.stop_gradient(self.encoder(labeled_images, training=False))
-        logits = self.probe(features)
+        logits = ops.cast(self.probe(features), "float32")  # float16 under mixed_float16
         loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
         return ops.mean(loss), logits
 
@@ -180,7 +225,10 @@ class SSLModel(keras.Model):
             if self.probe is not None and labeled is not None:
                 probe_loss, probe_logits = self.probe_loss(*labeled)
                 total = total + probe_loss  # a per-replica mean, like the scaled SSL loss
-            scaled_loss = total / num_replicas()
+            # `scale_loss` is the identity but for a `LossScaleOptimizer` (mixed_float16),
+            # whose `apply_gradients` divides the gradients by the same scale again (and
+            # skips the update, halving the scale, when one is not finite).
+            scaled_loss = self.optimizer.scale_loss(total / num_replicas())
         variables = self.trainable_variables
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))

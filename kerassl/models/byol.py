@@ -22,7 +22,9 @@ BYOL_PREDICTOR_HIDDEN = 4096
 
 def schedule_horizon(optimizer) -> int | None:
     """The `total_steps` of `optimizer`'s learning-rate schedule (`kerassl.optimizers.
-    WarmupCosine`: the run's step count), or None for a constant rate or no such field."""
+    WarmupCosine`: the run's step count), or None for a constant rate or no such field.
+    A `LossScaleOptimizer` (mixed_float16) is looked through to the optimizer it wraps."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     learning_rate = optimizer.get_config().get("learning_rate")
     if isinstance(learning_rate, dict):
         return learning_rate.get("config", {}).get("total_steps")
