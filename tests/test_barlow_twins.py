@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from kerassl.models.barlow_twins import BarlowTwins, build_projector
-from kerassl.testing.method_contract import build_tiny, run_method_contract
+from kerassl.testing.method_contract import build_tiny, check_precision, run_method_contract
 from kerassl.testing.references import np_barlow_twins
 from kerassl.testing.synthetic import tiny_float_images
 
@@ -18,6 +18,10 @@ def reference_loss(model, images):
 
 def test_method_contract(tmp_path):
     run_method_contract(BarlowTwins, CONTRACT_KWARGS, reference_loss, tmp_path)
+
+
+def test_mixed_precision():
+    check_precision(BarlowTwins, CONTRACT_KWARGS)
 
 
 def make_barlow_twins(preset="none", dims=None, **kwargs):

@@ -6,7 +6,7 @@ import tensorflow as tf
 from kerassl.losses import BYOLLoss, byol_loss, simsiam_loss
 from kerassl.models.byol import BYOL
 from kerassl.optimizers import WarmupCosine
-from kerassl.testing.method_contract import build_tiny, run_method_contract
+from kerassl.testing.method_contract import build_tiny, check_precision, run_method_contract
 from kerassl.testing.references import np_byol, np_byol_momentum
 from kerassl.testing.synthetic import tiny_float_images
 
@@ -33,6 +33,10 @@ def reference_loss(model, images):
 
 def test_method_contract(tmp_path):
     run_method_contract(BYOL, CONTRACT_KWARGS, reference_loss, tmp_path)
+
+
+def test_mixed_precision():
+    check_precision(BYOL, CONTRACT_KWARGS)
 
 
 @pytest.mark.parametrize("n, d", [(1, 3), (4, 8), (16, 5), (33, 64)])

@@ -6,7 +6,7 @@ import pytest
 
 from kerassl.losses.info_nce import info_nce
 from kerassl.models.moco import BatchStatsNormalization, MoCo, in_groups
-from kerassl.testing.method_contract import build_tiny, run_method_contract
+from kerassl.testing.method_contract import build_tiny, check_precision, run_method_contract
 from kerassl.testing.references import np_info_nce
 from kerassl.testing.synthetic import tiny_float_images
 
@@ -48,6 +48,10 @@ def reference_loss(model, images):
 
 def test_method_contract(tmp_path):
     run_method_contract(MoCo, CONTRACT_KWARGS, reference_loss, tmp_path, {"bn_groups": 1})
+
+
+def test_mixed_precision():
+    check_precision(MoCo, CONTRACT_KWARGS)
 
 
 def make_moco(seed=0, preset="none", **kwargs):

@@ -8,6 +8,7 @@ from kerassl.testing.method_contract import (
     STEP_BATCH,
     build_tiny,
     check_config_round_trip,
+    check_precision,
     check_train_step,
     run_method_contract,
 )
@@ -33,6 +34,10 @@ def reference_loss(model, images):
 
 def test_method_contract(tmp_path):
     run_method_contract(SimCLR, CONTRACT_KWARGS, reference_loss, tmp_path)
+
+
+def test_mixed_precision():
+    check_precision(SimCLR, CONTRACT_KWARGS)
 
 
 def test_dot_similarity_round_trips_and_trains_on_the_dot_loss():

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from kerassl.losses import SimSiamLoss, negative_cosine, simsiam_loss
 from kerassl.models.simsiam import SimSiam, build_projector
-from kerassl.testing.method_contract import build_tiny, run_method_contract
+from kerassl.testing.method_contract import build_tiny, check_precision, run_method_contract
 from kerassl.testing.references import np_simsiam
 from kerassl.testing.synthetic import tiny_float_images
 
@@ -30,6 +30,10 @@ def reference_loss(model, images):
 
 def test_method_contract(tmp_path):
     run_method_contract(SimSiam, CONTRACT_KWARGS, reference_loss, tmp_path)
+
+
+def test_mixed_precision():
+    check_precision(SimSiam, CONTRACT_KWARGS)
 
 
 @pytest.mark.parametrize("n, d", [(1, 3), (4, 8), (16, 5), (33, 64)])

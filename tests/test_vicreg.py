@@ -5,7 +5,7 @@ import tensorflow as tf
 from kerassl.losses import VICRegLoss, vicreg
 from kerassl.losses.vicreg import covariance, invariance, variance
 from kerassl.models.vicreg import VICReg
-from kerassl.testing.method_contract import build_tiny, run_method_contract
+from kerassl.testing.method_contract import build_tiny, check_precision, run_method_contract
 from kerassl.testing.references import np_vicreg
 from kerassl.testing.synthetic import tiny_float_images
 
@@ -38,6 +38,10 @@ def reference_loss(model, images):
 
 def test_method_contract(tmp_path):
     run_method_contract(VICReg, CONTRACT_KWARGS, reference_loss, tmp_path)
+
+
+def test_mixed_precision():
+    check_precision(VICReg, CONTRACT_KWARGS)
 
 
 @pytest.mark.parametrize(

@@ -20,9 +20,13 @@ arguments and a reference for its loss, and gets, on a tiny CNN encoder and 16-p
    `kerassl.checkpoint`, restored into a freshly built one and trained 2 more ends with
    every variable (weights, BatchNorm statistics, queue and pointer, momentum encoder,
    augmenter and shuffle seed states) and optimizer variable equal to a model trained 4
-   steps straight, with a real augmentation preset and the method's own options.
+   steps straight, with a real augmentation preset and the method's own options;
+5. mixed precision (`check_precision`, each test file's `test_mixed_precision`): built
+   under `mixed_bfloat16` and `mixed_float16` as `kerassl train --precision` builds it,
+   two steps from float32's weights give float32's losses within 16-bit rounding, with
+   float32 features and loss and, for float16, a `LossScaleOptimizer`.
 
-The fifth check — two steps under MirroredStrategy on 2 logical CPUs (2 replicas of 4
+The distributed check — two steps under MirroredStrategy on 2 logical CPUs (2 replicas of 4
 images, synchronised BatchNorm) equal to one device — needs TensorFlow started with a
 split CPU, so `run_distributed` runs it for many methods in ONE subprocess
 (`python -m kerassl.testing.method_contract JSON`, `compare_distributed`) and
@@ -93,6 +97,7 @@ def build_tiny(
     seed: int | None = 0,
     sync_bn: bool = False,
     head_widths: Sequence[int] | None = None,
+    precision: str = "float32",
 ):
     """A method on the tiny CNN encoder and a small head (or the method's own projector).
 
@@ -106,6 +111,9 @@ def build_tiny(
         head_widths: widths of the head's layers, the last being the loss space: the
             method's own projector takes all of them (default `PROJECTOR_WIDTHS`), the
             shared MLP head `(hidden_dim, output_dim)` (default `HEAD_WIDTHS`).
+        precision: the dtype policy the model is built under, as `kerassl.pretraining.
+            build_method` builds it (`kerassl.models.base.dtype_policy`, the encoder's
+            features cast to float32 by `float32_outputs`).
 
     Returns:
         The uncompiled, built model.
@@ -113,22 +121,29 @@ def build_tiny(
     import keras
 
     from kerassl.data.augment import make_augmenter
+    from kerassl.models.base import dtype_policy, float32_outputs
     from kerassl.models.encoders import build_encoder
     from kerassl.models.heads import build_head
 
     cls, spec = resolve_method(method)
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    encoder = build_encoder("cnn", IMAGE_SHAPE, filters=(8, 16), convs_per_block=1, sync_bn=sync_bn)
-    features = encoder.output_shape[-1]
-    build_projector = spec.load_projector() if spec is not None else None
-    if build_projector is not None:
-        head = build_projector(features, tuple(head_widths or PROJECTOR_WIDTHS), sync_bn=sync_bn)
-    else:
-        hidden, output = head_widths or HEAD_WIDTHS
-        head = build_head("mlp", features, output_dim=output, hidden_dim=hidden, sync_bn=sync_bn)
-    augmenter = make_augmenter(preset, seed=0 if seed is None else seed)
-    return cls(encoder, head, augmenter, **dict(kwargs or {}))
+    with dtype_policy(precision):
+        encoder = float32_outputs(
+            build_encoder("cnn", IMAGE_SHAPE, filters=(8, 16), convs_per_block=1, sync_bn=sync_bn)
+        )
+        features = encoder.output_shape[-1]
+        build_projector = spec.load_projector() if spec is not None else None
+        if build_projector is not None:
+            widths = tuple(head_widths or PROJECTOR_WIDTHS)
+            head = build_projector(features, widths, sync_bn=sync_bn)
+        else:
+            hidden, output = head_widths or HEAD_WIDTHS
+            head = build_head(
+                "mlp", features, output_dim=output, hidden_dim=hidden, sync_bn=sync_bn
+            )
+        augmenter = make_augmenter(preset, seed=0 if seed is None else seed)
+        return cls(encoder, head, augmenter, **dict(kwargs or {}))
 
 
 def _json(config: dict) -> Any:
@@ -268,6 +283,90 @@ def check_resume(
         assert len(expected) == len(got)
         for a, b in zip(expected, got, strict=True):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, err_msg=a.path)
+
+
+# Check 5 (`check_precision`): how far a few mixed-precision steps may be from float32's.
+PRECISION_STEPS = 2
+PRECISION_TOLERANCE = {  # (relative, absolute) on each step's loss
+    "mixed_bfloat16": (0.05, 0.01),
+    "mixed_float16": (0.01, 0.002),
+}
+PRECISION_LOSS_SCALE = 2.0**10  # the float16 loss scale of the check (see check_precision)
+
+
+def check_precision(
+    method: str | type,
+    kwargs: Mapping[str, Any],
+    head_widths: Sequence[int] | None = None,
+    precisions: Sequence[str] = tuple(PRECISION_TOLERANCE),
+) -> None:
+    """Check 5: the method built under each mixed precision trains like float32.
+
+    From the float32 model's initial weights (copied: variables, BatchNorm statistics,
+    queues and seed states are float32 under every policy) and on the same 8 images
+    (identity augmentation), `PRECISION_STEPS` SGD steps give at every step a finite loss
+    within `rtol * |loss_float32| + atol` of float32's (`PRECISION_TOLERANCE`): the first
+    step's loss tests the forward pass, the second the gradients of the first (scaled and
+    unscaled again under float16). The tolerance is the rounding of 16-bit compute:
+    bfloat16 keeps 8 significant bits (2^-9 ≈ 0.2 % per op), float16 11 (2^-12 ≈ 0.02 %),
+    compounded through convolutions, BatchNorms and the losses' 1/τ and 1/σ. Measured on
+    the six methods' contract settings: bfloat16 within 2.3 % (SimSiam, whose loss is near
+    0: 0.002 absolute) and 0.054 absolute (BYOL, loss 3.5); float16 within 0.6 % and
+    0.0025 absolute. Hence 5 % + 0.01 and 1 % + 0.002, about 3x the measured worst; a
+    gradient left scaled (x 2^10) or a skipped step would be far outside.
+
+    A policy not applied would pass those, so the dtypes are checked too: the encoder's
+    layers compute in 16 bits, its output (`model(images)`, `model.encoder`) and the loss
+    are float32, the global policy is float32 again after the build, and the float16
+    optimizer is a `LossScaleOptimizer` (bfloat16 has float32's exponent range and needs
+    none). Its scale starts at `PRECISION_LOSS_SCALE` rather than Keras' 2^15, which
+    overflows these networks' float16 gradients in the first step or two: those steps are
+    then skipped and the scale halved (by design), no longer step for step with float32.
+    Not XLA-compiled, to keep the check a few seconds.
+    """
+    import keras
+
+    from kerassl.models.base import loss_scaled
+
+    images = tiny_float_images(STEP_BATCH)
+
+    def trained(precision, initial=None):
+        model = build_tiny(method, kwargs, head_widths=head_widths, precision=precision)
+        assert keras.config.dtype_policy().name == "float32", "the policy leaked"
+        if initial is not None:
+            paths, values = initial
+            assert [w.path for w in model.weights] == paths
+            model.set_weights(values)
+        start = [w.path for w in model.weights], model.get_weights()
+        optimizer = loss_scaled(keras.optimizers.SGD(0.01), precision)
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            optimizer.initial_scale = PRECISION_LOSS_SCALE  # no skipped step (docstring)
+        model.compile(optimizer=optimizer, jit_compile=False, auto_scale_loss=False)
+        losses = [
+            float(model.train_on_batch(images, return_dict=True)["loss"])
+            for _ in range(PRECISION_STEPS)
+        ]
+        assert int(model.optimizer.iterations) == PRECISION_STEPS, f"{precision}: a step skipped"
+        return model, start, losses
+
+    _, initial, expected = trained("float32")
+    for precision in precisions:
+        model, _, losses = trained(precision, initial)
+        sixteen = precision.removeprefix("mixed_")
+        computes = {layer.compute_dtype for layer in model.encoder.layers}
+        assert sixteen in computes, f"{precision}: the encoder computes in {computes}"
+        for name, output in (("model", model(images)), ("encoder", model.encoder(images))):
+            dtype = keras.backend.standardize_dtype(output.dtype)
+            assert dtype == "float32", f"{precision}: {name} output is {dtype}"
+        loss = model.compute_ssl_loss(images, images, training=False)[0]
+        assert keras.backend.standardize_dtype(loss.dtype) == "float32", precision
+        scaling = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert scaling == (precision == "mixed_float16"), (precision, model.optimizer)
+        assert np.isfinite(losses).all(), (precision, losses)
+        rtol, atol = PRECISION_TOLERANCE[precision]
+        np.testing.assert_allclose(
+            losses, expected, rtol=rtol, atol=atol, err_msg=f"{precision} vs float32"
+        )
 
 
 def run_method_contract(
