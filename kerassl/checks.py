@@ -74,6 +74,7 @@ RULES: dict[str, Rule] = {
     "validation": UNIT_INTERVAL_OPEN,
     "knn_every": integer_at_least(0),
     "baseline_epochs": integer_at_least(1),
+    "distill_pool": integer_at_least(1),
 }
 
 

@@ -34,6 +34,7 @@ _RULES_OF_FIELDS = {
     "vicreg_nu": "covariance_weight",
     "knn_every": "knn_every",
     "baseline_epochs": "baseline_epochs",
+    "distill_pool": "distill_pool",
 }
 _OPTIONAL = {"image_size", "steps_per_epoch", "max_unlabeled"}  # None: the default
 
@@ -114,6 +115,10 @@ class TrainConfig:
     strategy: str = "auto"  # auto | default | mirrored | multi_worker
     baseline: str = "cnn"  # supervised baseline trained on the same labels; "none" to skip
     baseline_epochs: int = 200
+    # Stages after the linear probe (`kerassl.semisupervised`): "finetune", "distill"
+    # (which brings finetune), comma-separated; "" for none.
+    then: str = ""
+    distill_pool: int = 20000  # most unlabeled images the distilled student trains on
     knn_every: int = 1  # kNN monitor period in epochs (0 disables)
     online_probe: bool = False  # linear probe trained alongside pretraining (probe_accuracy)
     seed: int = 0
@@ -133,6 +138,7 @@ class TrainConfig:
         from kerassl.data.presets import get_preset
         from kerassl.data.splits import parse_labels
         from kerassl.methods import METHODS, get_method
+        from kerassl.semisupervised import parse_stages
 
         get_method(self.method)
         if self.augment is not None:
@@ -153,6 +159,7 @@ class TrainConfig:
                     f"--encoder {self.encoder} has no pretrained weights; use --weights none "
                     f"or one of {', '.join(catalog.PRETRAINED_ENCODERS)}"
                 )
+        parse_stages(self.then)
         try:
             parse_labels(self.labels)
         except UserError as error:

@@ -44,7 +44,19 @@ _OPTION_FLAGS = {
         float,
         "finetune: the encoder's learning rate as a fraction of the head's",
     ),
-    "batch_size": ("--batch-size", int, "labeled images per step (mlp, finetune)"),
+    "batch_size": ("--batch-size", int, "labeled images per step (mlp, finetune, distill)"),
+    "distill_pool": ("--distill-pool", int, "distill: most unlabeled images the student sees"),
+    "distill_epochs": ("--distill-epochs", int, "distill: most passes over that pool"),
+    "distill_temperature": (
+        "--distill-temperature",
+        float,
+        "distill: τ of the teacher's and student's softmax",
+    ),
+    "distill_alpha": (
+        "--distill-alpha",
+        float,
+        "distill: weight of the soft-label term (1 − α: the labeled cross-entropy)",
+    ),
 }
 
 

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from kerassl import checkpoint
 from kerassl import run_dir as files
+from kerassl import semisupervised as semi
 from kerassl.checkpoint import TrainingDiverged
 from kerassl.checks import parse_duration
 from kerassl.config import TrainConfig
@@ -214,14 +215,22 @@ def _run_stages(plan: Plan, run_dir: RunDir, chief: bool, strategy, verbose) -> 
             flip=plan.label_flip,
             seed=config.seed,
         )
+        validation = plan.split.validation
+        result["validation_accuracy"] = semi.validation_accuracy(
+            baseline, data.x_train[validation], data.y_train[validation]
+        )
         done("baseline", result, files.BASELINE, baseline)
+    _semisupervised_stages(plan, run_dir, encoder, progress, done)
     metrics = {
         "linear_probe": progress["linear_probe"],
         "pretrain_seconds": progress["pretrain"]["seconds"],
         "pretrain_images_per_second": progress["pretrain"]["images_per_second"],
     }
-    if "baseline" in progress:
-        metrics["baseline"] = progress["baseline"]
+    for stage in ("baseline", *semi.STAGES):
+        if stage in progress:
+            metrics[stage] = progress[stage]
+    final = _final(plan, progress)
+    metrics["final"] = final.to_json(_test_scores(progress, final.model))
     metrics["dataset"] = {
         "name": data.name,
         "num_classes": data.num_classes,
@@ -233,6 +242,40 @@ def _run_stages(plan: Plan, run_dir: RunDir, chief: bool, strategy, verbose) -> 
         run_dir.write_text(files.REPORT, report(config, metrics))
         run_dir.write_json(files.METRICS, metrics)
     return metrics
+
+
+def _semisupervised_stages(plan: Plan, run_dir: RunDir, encoder, progress: dict, done) -> None:
+    """`--then finetune,distill` (`kerassl.semisupervised`), each stage skipped when done;
+    a distillation resumed after its fine-tuning reuses the saved fine-tuned network."""
+    stages = [stage for stage in semi.parse_stages(plan.config.then) if stage not in progress]
+    if not stages:
+        return
+    from kerassl.evaluation.protocols import FeatureCache
+
+    cache = FeatureCache(encoder, plan.data.x_train, plan.data.x_test)
+    options = semi.stage_options(plan.config)
+    for stage in stages:
+        finetuned = None
+        if stage == "distill" and "finetune" in progress and "finetune" not in stages:
+            finetuned = open_run(run_dir.path).load("finetuned")
+        result, classifier = semi.run_stage(stage, plan, cache, options, finetuned)
+        model = semi.STAGE_MODELS[stage]
+        done(stage, result, files.MODEL_FILES[model], classifier)
+
+
+def _final(plan: Plan, progress: dict) -> semi.Final:
+    """The run's final classifier, chosen on held-out labels (`semisupervised.choose_final`)."""
+    held_out = {"classifier": progress["linear_probe"].get("cv_accuracy")}
+    for stage, model in (*semi.STAGE_MODELS.items(), ("baseline", "baseline")):
+        if stage in progress:
+            held_out[model] = progress[stage].get("validation_accuracy")
+    return semi.choose_final(held_out, len(plan.split.validation))
+
+
+def _test_scores(progress: dict, model: str) -> dict:
+    stage = {"classifier": "linear_probe", "baseline": "baseline"}
+    stage |= {m: s for s, m in semi.STAGE_MODELS.items()}
+    return progress[stage[model]]
 
 
 def _write_run_header(
@@ -310,10 +353,19 @@ def report(config: TrainConfig, metrics: dict) -> str:
         "|---|---|---|",
         f"| {config.method} + linear probe | {_pct(probe['top1'])} | {_pct(probe.get('top5'))} |",
     ]
+    for stage, name in (("finetune", "fine-tuned"), ("distill", "distilled student")):
+        if stage in metrics:
+            row = metrics[stage]
+            lines.append(f"| {name} | {_pct(row['top1'])} | {_pct(row.get('top5'))} |")
     if "baseline" in metrics:
         base = metrics["baseline"]
         name = f"supervised {config.baseline} (same labels)"
         lines.append(f"| {name} | {_pct(base['top1'])} | {_pct(base.get('top5'))} |")
+    final = metrics.get("final")
+    if final:
+        lines += ["", f"Final classifier: **{final['description']}** ({final['chosen_by']})."]
+        if final.get("note"):
+            lines.append(f"Note: {final['note']}.")
     lines += ["", "Augmented pairs: ![augmentations](augmentations.png)", ""]
     return "\n".join(lines)
 

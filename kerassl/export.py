@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 from kerassl.errors import ArgumentParser, UserError, cli_entry
+from kerassl.run_dir import MODEL_FILES
 from kerassl.settings_file import CONFIG_HELP, parse_with_settings
 
 
@@ -23,10 +24,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--name", help="model name, as in /v1/models/<name>")
     parser.add_argument(
         "--model",
-        choices=("classifier", "baseline"),
-        default="classifier",
-        help="which of the run's models: classifier (classifier.keras, encoder + linear "
-        "probe; default) or baseline (baseline.keras, the supervised baseline)",
+        choices=("final", *MODEL_FILES),
+        default="final",
+        help="which of the run's models: final (default: the one metrics.json names final, "
+        "chosen on held-out labels), classifier (encoder + linear probe), finetuned "
+        "(--then finetune), student (--then distill) or baseline (the supervised baseline)",
     )
     parser.add_argument(
         "--version", type=int, help="version number (default: highest existing + 1)"
@@ -82,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     from kerassl.serving.export import check_model_name, export_run
 
     check_model_name(args.name)
-    open_run(args.run_dir, finished=True).require(args.model)  # fail before loading models
+    run = open_run(args.run_dir, finished=True)
+    model = run.final_model() if args.model == "final" else args.model
+    run.require(model)  # fail before loading models
     path = export_run(
         args.run_dir,
         args.name,
@@ -90,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         version=args.version,
         top_k=args.top_k,
         config_base_path=args.config_base_path,
-        model=args.model,
+        model=model,
     )
-    print(f"exported {args.run_dir} ({args.model}) to {path}")
+    print(f"exported {args.run_dir} ({model}) to {path}")
     print(f"verify with: python -m kerassl.export --verify {path}")
     return 0
 

@@ -19,8 +19,11 @@ runs/<method>-<dataset>-<timestamp or slurm<job id>>/
   progress.json      results of the stages done so far (pretraining time, probe, baseline)
   classifier.keras   encoder + trained linear probe: [0, 1] images → class probabilities
   baseline.keras     the supervised baseline ([0, 1] images → class probabilities)
+  finetuned.keras    `--then finetune`: the fine-tuned network (images → probabilities)
+  student.keras      `--then distill`: the student distilled on the unlabeled pool
   report.md          the run's table
-  metrics.json       written last: probe / baseline results on the test split
+  metrics.json       written last: every classifier's results on the test split and
+                     "final", the one chosen on held-out labels (exported by default)
 ```
 
 A run directory without `metrics.json` is unfinished, and running the same command again
@@ -57,9 +60,16 @@ LOGS = "logs"
 ENCODER = "encoder.keras"
 CLASSIFIER = "classifier.keras"
 BASELINE = "baseline.keras"
+FINETUNED = "finetuned.keras"
+STUDENT = "student.keras"
 
 # A run's exportable classifiers (`kerassl export --model NAME`) → their files.
-MODEL_FILES = {"classifier": CLASSIFIER, "baseline": BASELINE}
+MODEL_FILES = {
+    "classifier": CLASSIFIER,
+    "finetuned": FINETUNED,
+    "student": STUDENT,
+    "baseline": BASELINE,
+}
 
 
 def default_run_name(method: str, dataset: str, slurm_job: str | None = None) -> str:
@@ -199,6 +209,12 @@ class Run:
         from kerassl.data.splits import Split
 
         return Split.from_json(_read_json(self.path / SPLIT))
+
+    def final_model(self) -> str:
+        """The `MODEL_FILES` name of the run's final classifier (metrics.json "final",
+        chosen on held-out labels); "classifier" for runs from before it was recorded."""
+        final = (self.metrics or {}).get("final") or {}
+        return final.get("model", "classifier")
 
     def has(self, model: str) -> bool:
         """Whether the run kept `model` (a key of `MODEL_FILES`, or "encoder")."""

@@ -247,6 +247,21 @@ def build_parser() -> ArgumentParser:
         help="max baseline epochs; early stopping on the validation labels (default %(default)s)",
     )
     g.add_argument(
+        "--then",
+        default=d.then,
+        metavar="STAGES",
+        help="stages after the linear probe: finetune (the whole network on the labels), "
+        "distill (a student on the fine-tuned teacher's soft labels of the unlabeled pool; "
+        "brings finetune), comma-separated. The final classifier is the best on held-out "
+        "labels (default: none)",
+    )
+    g.add_argument(
+        "--distill-pool",
+        type=int,
+        default=d.distill_pool,
+        help="most unlabeled images the distilled student trains on (default %(default)s)",
+    )
+    g.add_argument(
         "--knn-every",
         type=int,
         default=d.knn_every,
@@ -363,11 +378,22 @@ def settings_of(args: argparse.Namespace, given: set[str]) -> TrainConfig:
 def summary(config: TrainConfig, metrics: dict, run_dir) -> str:
     probe = metrics["linear_probe"]
     lines = [f"{config.method} + linear probe: top-1 {100 * probe['top1']:.1f} %"]
+    for stage, name in (("finetune", "fine-tuned"), ("distill", "distilled student")):
+        if stage in metrics:
+            lines.append(f"{name}: top-1 {100 * metrics[stage]['top1']:.1f} %")
     if "baseline" in metrics:
         lines.append(
             f"supervised {config.baseline} baseline: "
             f"top-1 {100 * metrics['baseline']['top1']:.1f} %"
         )
+    final = metrics.get("final")
+    if final:
+        lines.append(
+            f"final classifier: {final['description']} (top-1 {100 * final['top1']:.1f} %; "
+            f"{final['chosen_by']})"
+        )
+        if final.get("note"):
+            lines.append(f"note: {final['note']}")
     lines.append(f"({metrics['dataset']['num_labeled']} labels; run dir: {run_dir})")
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ from kerassl.data.splits import LabelBudget, parse_labels
 from kerassl.errors import UserError
 
 # Evaluation protocols (`kerassl.evaluation.protocols`): frozen-feature protocols first.
-PROTOCOLS = ("linear", "mlp", "knn", "1nn", "finetune")
+PROTOCOLS = ("linear", "mlp", "knn", "1nn", "finetune", "distill")
 FEATURE_PROTOCOLS = ("linear", "mlp", "knn", "1nn")
 
 _RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
@@ -90,6 +90,14 @@ class ProtocolOptions:
         encoder_lr_scale: the fine-tuned encoder's learning rate as a fraction of the
             head's (SimCLR fine-tunes the whole network at a lower rate).
         batch_size: labeled images per step of the trained protocols.
+        distill_pool: most unlabeled images the `distill` student is trained on (drawn
+            with the split's seed; a CPU budget rarely affords the whole pool).
+        distill_epochs: most passes over that pool (early stopping on the validation
+            labels usually ends sooner).
+        distill_batch_size: pool images per student step (beside `batch_size` labeled).
+        distill_temperature: τ of the teacher's and the student's softmax (SimCLRv2: 1).
+        distill_alpha: weight of the distillation term; 1 − α weighs the labeled
+            cross-entropy (SimCLRv2's α).
     """
 
     knn_k: int = 20
@@ -101,13 +109,29 @@ class ProtocolOptions:
     learning_rate: float = 1e-3
     encoder_lr_scale: float = 0.1
     batch_size: int = 64
+    distill_pool: int = 20000
+    distill_epochs: int = 10
+    distill_batch_size: int = 256
+    distill_temperature: float = 1.0
+    distill_alpha: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("knn_k", "mlp_hidden", "max_epochs", "patience", "fixed_epochs"):
+        for name in (
+            "knn_k",
+            "mlp_hidden",
+            "max_epochs",
+            "patience",
+            "fixed_epochs",
+            "distill_pool",
+            "distill_epochs",
+            "distill_batch_size",
+        ):
             _user_check(name, getattr(self, name), integer_at_least(1))
         _user_check("batch_size", self.batch_size, integer_at_least(1))
-        for name in ("knn_temperature", "learning_rate"):
+        for name in ("knn_temperature", "learning_rate", "distill_temperature"):
             _user_check(name, getattr(self, name), POSITIVE)
+        if not 0 <= self.distill_alpha <= 1:
+            raise UserError(f"--distill-alpha must be in [0, 1]; got {self.distill_alpha}")
         if not 0 < self.encoder_lr_scale <= 1:
             raise UserError(f"--encoder-lr-scale must be in (0, 1]; got {self.encoder_lr_scale}")
 

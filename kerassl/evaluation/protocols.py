@@ -7,6 +7,7 @@
 | `knn` | nothing (a bank of every chosen label) | nothing: k and τ are fixed | Wu et al. 2018 |
 | `1nn` | nothing (the same bank) | nothing | study C |
 | `finetune` | the network on `split.labeled`, augmented | early stopping (validation) | SimCLR |
+| `distill` | a student on a teacher's soft labels of the pool | early stopping | SimCLRv2 |
 
 A protocol sees a `Task`: the training images and labels, the split and the test *images*.
 It never sees a test label: it returns test scores, which `kerassl.evaluation.cells.score`
@@ -44,6 +45,7 @@ class Task:
         num_classes: K.
         flip: horizontal flips preserve labels (the label-set augmentation may flip).
         seed: seed of every random choice the protocol makes.
+        pool: indices into `x_train` of the unlabeled pool (`distill`); None = all.
     """
 
     x_train: np.ndarray
@@ -53,6 +55,7 @@ class Task:
     num_classes: int
     flip: bool = False
     seed: int = 0
+    pool: np.ndarray | None = None
 
 
 @dataclass
@@ -76,7 +79,9 @@ class Outcome:
 
 
 class FeatureCache:
-    """Features of one frozen encoder, each image embedded at most once.
+    """Features of one frozen encoder, each image embedded at most once, and the
+    protocols' outcomes on it, each computed at most once per split (`distill` asks for
+    the `finetune` outcome it starts from).
 
     Args:
         encoder: [0, 1] images → [D] features.
@@ -93,6 +98,33 @@ class FeatureCache:
         self.batch_size = batch_size
         self._train: dict[int, np.ndarray] = {}
         self._test: np.ndarray | None = None
+        self._outcomes: dict[tuple, Outcome] = {}
+
+    def outcome(self, name: str, task: Task, options: ProtocolOptions) -> Outcome:
+        """Protocol `name`'s outcome on `task`, run once per (split, seed, options)."""
+        key = self._key(name, task, options)
+        if key not in self._outcomes:
+            # Only the current split's outcomes are kept: each may hold a trained network.
+            self._outcomes = {k: v for k, v in self._outcomes.items() if k[1:] == key[1:]}
+            self._outcomes[key] = PROTOCOL_FUNCTIONS[name](task, self.encoder, self, options)
+        return self._outcomes[key]
+
+    def remember(self, name: str, task: Task, options: ProtocolOptions, outcome: Outcome):
+        """Records `outcome` as protocol `name`'s on `task` (computed by an earlier process:
+        a resumed run's fine-tuned network)."""
+        self._outcomes[self._key(name, task, options)] = outcome
+
+    @staticmethod
+    def _key(name: str, task: Task, options: ProtocolOptions) -> tuple:
+        split = task.split
+        return (
+            name,
+            split.labeled.tobytes(),
+            split.validation.tobytes(),
+            task.seed,
+            task.flip,
+            options,
+        )
 
     def train(self, indices: np.ndarray) -> np.ndarray:
         """float32 [len(indices), D] features of `x_train[indices]`."""
@@ -158,7 +190,7 @@ def mlp(task: Task, encoder: keras.Model, cache: FeatureCache, options: Protocol
     validation = None
     if len(split.validation):
         validation = (cache.train(split.validation), task.y_train[split.validation])
-    fit = _stopping(options, validation)
+    fit = stopping(options, validation)
     history = head.fit(
         x,
         y,
@@ -228,7 +260,7 @@ def finetune(task: Task, encoder: keras.Model, cache: FeatureCache, options: Pro
     validation = None
     if len(split.validation):
         validation = (task.x_train[split.validation], task.y_train[split.validation])
-    fit = _stopping(options, validation)
+    fit = stopping(options, validation)
     history = train_classifier(
         model,
         task.x_train[split.labeled],
@@ -344,12 +376,14 @@ class _Stopping:
         )
 
 
-def _stopping(options: ProtocolOptions, validation) -> _Stopping:
+def stopping(options: ProtocolOptions, validation, epochs: int | None = None) -> _Stopping:
+    """Early stopping on `validation` for at most `epochs` (default `options.max_epochs`),
+    or `options.fixed_epochs` (capped by `epochs`) when there are no validation labels."""
     if validation is None or not len(validation[0]):
-        epochs = options.fixed_epochs
-        return _Stopping(epochs=epochs, patience=epochs + 1, early=False, num_validation=0)
+        fixed = min(options.fixed_epochs, epochs or options.fixed_epochs)
+        return _Stopping(epochs=fixed, patience=fixed + 1, early=False, num_validation=0)
     return _Stopping(
-        epochs=options.max_epochs,
+        epochs=epochs or options.max_epochs,
         patience=options.patience,
         early=True,
         num_validation=len(validation[0]),
@@ -361,6 +395,13 @@ def _on_encoder(encoder: keras.Model, head: keras.layers.Layer) -> keras.Model:
     return keras.Model(inputs, head(encoder(inputs, training=False)), name="classifier")
 
 
+def distill(task: Task, encoder: keras.Model, cache: FeatureCache, options: ProtocolOptions):
+    """Self-distillation on the pool (`kerassl.evaluation.distill`)."""
+    from kerassl.evaluation.distill import distill as run
+
+    return run(task, encoder, cache, options)
+
+
 Protocol = Callable[[Task, keras.Model, FeatureCache, ProtocolOptions], Outcome]
 
 PROTOCOL_FUNCTIONS: dict[str, Protocol] = {
@@ -369,6 +410,7 @@ PROTOCOL_FUNCTIONS: dict[str, Protocol] = {
     "knn": knn,
     "1nn": one_nn,
     "finetune": finetune,
+    "distill": distill,
 }
 
 
@@ -382,4 +424,4 @@ def run_protocol(
     """Runs protocol `name` (`kerassl.evaluation.options.PROTOCOLS`) on `task`."""
     if cache is None:
         cache = FeatureCache(encoder, task.x_train, task.x_test)
-    return PROTOCOL_FUNCTIONS[name](task, encoder, cache, options or ProtocolOptions())
+    return cache.outcome(name, task, options or ProtocolOptions())

@@ -233,9 +233,9 @@ def export_run(
     version: int | None = None,
     top_k: int = 5,
     config_base_path: str = "/models",
-    model: str = "classifier",
+    model: str = "final",
 ) -> Path:
-    """Exports a run's classifier (and encoder) or baseline to `<out_dir>/<name>/<version>/`.
+    """Exports one of a run's classifiers to `<out_dir>/<name>/<version>/`.
 
     The SavedModel is written to a hidden temporary directory and renamed into place, so
     a server polling `out_dir` never sees half a model. `assets.extra/kerassl.json` records
@@ -249,15 +249,18 @@ def export_run(
         version: version number; default one more than the highest existing version.
         top_k: class ids/names returned per image.
         config_base_path: where `out_dir` is mounted for TF Serving (for models.config).
-        model: `"classifier"` (`classifier.keras`, the SSL encoder + linear probe) or
-            `"baseline"` (`baseline.keras`, the supervised baseline).
+        model: `"final"` (the run's final classifier, `Run.final_model`), or a
+            `MODEL_FILES` name: `"classifier"` (the SSL encoder + linear probe),
+            `"finetuned"`, `"student"` or `"baseline"` (the supervised baseline).
 
     Returns:
         The version directory written.
     """
-    if model not in MODEL_FILES:
-        raise UserError(f"--model must be one of {', '.join(MODEL_FILES)}, got {model!r}")
     run = open_run(run_dir, finished=True)
+    if model == "final":
+        model = run.final_model()
+    if model not in MODEL_FILES:
+        raise UserError(f"--model must be final or one of {', '.join(MODEL_FILES)}, got {model!r}")
     run.require(model)
     check_model_name(name)
     if version is not None and version < 1:
@@ -330,6 +333,11 @@ def _model_description(run: Run, model: str) -> dict:
     """
     if model == "classifier":
         return {"method": run.method, "metrics": run.metrics}
+    stages = {"finetuned": ("finetune", "fine-tuned"), "student": ("distill", "distilled")}
+    if model in stages:
+        stage, words = stages[model]
+        metrics = run.metrics.get(stage) if isinstance(run.metrics, dict) else None
+        return {"method": f"{run.method} {words}", "run_method": run.method, "metrics": metrics}
     baseline = run.metrics.get("baseline") if isinstance(run.metrics, dict) else None
     architecture = baseline.get("model") if isinstance(baseline, dict) else None
     return {
