@@ -188,6 +188,7 @@ def test_byol_search_writes_its_best_config_and_encoder(tmp_path, monkeypatch):
     import keras
 
     from kerassl import pretraining
+    from kerassl.evaluation import probes
 
     pretrained = []
     real_pretrain = pretraining.pretrain
@@ -197,11 +198,13 @@ def test_byol_search_writes_its_best_config_and_encoder(tmp_path, monkeypatch):
         return real_pretrain(plan, *args, **kwargs)
 
     monkeypatch.setattr(pretraining, "pretrain", pretrain_spy)
+    # The probe's choice of C is tests/test_probes.py's; C = 1 here saves 3 cross-validations.
+    monkeypatch.setattr(probes, "choose_c", lambda *args, **kwargs: (1.0, None, 0, 0))
     path = tmp_path / "byol.yaml"
     path.write_text(
         "model: byol\ndataset: digits\nlabels: 50\nvalidation: 0.4\nepochs: 1\n"
         "ssl: {steps_per_epoch: 1, max_unlabeled: 64, projection_dim: 16, jit_compile: false}\n"
-        "space: {batch_size: [32], head: [mlp], hidden_dim: [16, 32], momentum: [0.9, 0.99]}\n"
+        "space: {batch_size: [32], head: [linear], hidden_dim: [16, 32], momentum: [0.9, 0.99]}\n"
     )
     out = tmp_path / "byol"
     assert tune.main([str(path), "--max-trials", "2", "--out", str(out)]) == 0
