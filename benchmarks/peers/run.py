@@ -141,15 +141,19 @@ def main(argv=None) -> int:
     records: list[dict] = []
     matmuls: list[dict] = []
     for round_ in range(args.rounds):
-        m = matmul(sys.executable)
-        matmuls.append(m)
-        print(
-            f"\n== round {round_ + 1}/{args.rounds}: NumPy matmul {m['gflops']:.1f} GFLOP/s "
-            f"(OpenBLAS as set {m['as_set']['gflops']:.1f} {m['as_set']['kernel']}, "
-            f"unset {m['unset']['gflops']:.1f} {m['unset']['kernel']})",
-            flush=True,
-        )
+        print(f"\n== round {round_ + 1}/{args.rounds}", flush=True)
         for name in cases:
+            # The matmul right before each case: the load of a shared machine changes
+            # within minutes, and a case's % of matmul is against its own neighbour.
+            m = matmul(sys.executable)
+            m["round"], m["case"] = round_, name
+            matmuls.append(m)
+            print(
+                f"  NumPy matmul {m['gflops']:.1f} GFLOP/s (OpenBLAS core type as set "
+                f"{m['as_set']['gflops']:.1f} {m['as_set']['kernel']}, unset "
+                f"{m['unset']['gflops']:.1f} {m['unset']['kernel']})",
+                flush=True,
+            )
             steps = ["--steps", str(args.steps)] if args.steps else []
             kerassl = [sys.executable, str(HERE / "kerassl_worker.py"), "--case", name, *steps]
             peers = [
@@ -192,76 +196,94 @@ def main(argv=None) -> int:
 
 
 def report(records: list[dict], matmuls: list[dict], cases: list[str]) -> dict:
-    """Prints the medians, the ratios and the targets; returns them."""
-    peak = median([m["gflops"] for m in matmuls])
-    print(f"\n== medians over {len(matmuls)} rounds; NumPy matmul {peak:.1f} GFLOP/s (median)")
-    header = (
+    """Prints the medians, the ratios and the targets; returns them.
+
+    On a shared machine the load changes between rounds (a round's figures can be 5x
+    another's), so the ratio is computed within each round (the two sides measured
+    minutes apart) and its median over rounds is the result; each figure's % of matmul
+    is against the matmul measured just before its case in its round.
+    """
+    print(f"\n== over {len({m['round'] for m in matmuls})} rounds")
+    print(
         f"{'case':13s} {'kerassl plain':>13s} {'kerassl XLA':>11s} {'auto':>5s} "
-        f"{'lightly eager':>13s} {'lightly compile':>15s} {'ratio':>6s} {'target':>6s} "
-        f"{'% matmul (auto)':>15s}"
+        f"{'lightly eager':>13s} {'lightly compile':>15s} {'ratio/round':>16s} "
+        f"{'ratio':>6s} {'target':>6s} {'% matmul (plain/XLA/eager/compile)':>36s}"
     )
-    print(header)
     summary = {}
     for name in cases:
         rows = [r for r in records if r["case"] == name]
+        rounds = sorted({r["round"] for r in rows})
 
-        def rates(side, form, rows=rows):
-            return [r["images_per_second"] for r in rows if r["side"] == side and r["form"] == form]
+        def pick(side, form, round_, rows=rows):
+            found = [r for r in rows if (r["side"], r["form"], r["round"]) == (side, form, round_)]
+            return found[0] if found else None
 
-        plain, xla = rates("kerassl", "plain"), rates("kerassl", "xla")
-        # --xla auto per round: the faster form of that round's measurement.
-        auto_rounds = []
-        picks = []
-        for round_ in sorted({r["round"] for r in rows}):
-            forms = {r["form"]: r for r in rows if r["side"] == "kerassl" and r["round"] == round_}
-            if "plain" in forms and "xla" in forms:
-                xla_wins = forms["xla"]["step_seconds"] < forms["plain"]["step_seconds"]
+        def share(r):
+            return r["flops_per_step"] / r["step_seconds"] / (r["matmul_gflops"] * 1e9)
+
+        figures = {key: [] for key in ("plain", "xla", "eager", "compile", "auto")}
+        shares = {key: [] for key in figures}
+        ratios, picks = [], []
+        for round_ in rounds:
+            got = {
+                "plain": pick("kerassl", "plain", round_),
+                "xla": pick("kerassl", "xla", round_),
+                "eager": pick("lightly", "eager", round_),
+                "compile": pick("lightly", "compile", round_),
+            }
+            if got["plain"] and got["xla"]:
+                # --xla auto: the faster form, as kerassl.xla_choice.choose picks.
+                xla_wins = got["xla"]["step_seconds"] < got["plain"]["step_seconds"]
                 picks.append("xla" if xla_wins else "plain")
-                auto_rounds.append(forms["xla" if xla_wins else "plain"]["images_per_second"])
-        eager, compiled = rates("lightly", "eager"), rates("lightly", "compile")
-        peer = max(median(eager) if eager else 0.0, median(compiled) if compiled else 0.0)
-        auto = median(auto_rounds) if auto_rounds else max(median(plain), median(xla))
-        ratio = auto / peer if peer else float("nan")
-        flops = rows[0]["flops_per_step"]
-        batch = CASES[name].batch_size
-        share = auto * flops / batch / (peak * 1e9)
-        pick = max(set(picks), key=picks.count) if picks else "-"
+                got["auto"] = got["xla" if xla_wins else "plain"]
+            for key, r in got.items():
+                if r is not None:
+                    figures[key].append(r["images_per_second"])
+                    shares[key].append(share(r))
+            peers = [got[k]["images_per_second"] for k in ("eager", "compile") if got[k]]
+            if got.get("auto") and peers:
+                ratios.append(got["auto"]["images_per_second"] / max(peers))
+        ratio = median(ratios)
+        target = TARGETS.get(name, 1.0)
+        mode = max(set(picks), key=picks.count) if picks else "-"
+        per_round = " ".join(f"{r:.2f}" for r in ratios)
+        share_text = "/".join(
+            f"{100 * median(shares[k]):.0f}" for k in ("plain", "xla", "eager", "compile")
+        )
         print(
-            f"{name:13s} {median(plain):13.1f} {median(xla):11.1f} {pick:>5s} "
-            f"{median(eager):13.1f} {median(compiled):15.1f} {ratio:5.2f}x "
-            f"{TARGETS.get(name, 1.0):5.2f}x {100 * share:14.0f} %"
+            f"{name:13s} {median(figures['plain']):13.1f} {median(figures['xla']):11.1f} "
+            f"{mode:>5s} {median(figures['eager']):13.1f} {median(figures['compile']):15.1f} "
+            f"{per_round:>16s} {ratio:5.2f}x {target:5.2f}x {share_text:>36s}"
         )
         summary[name] = {
-            "kerassl_plain": median(plain),
-            "kerassl_xla": median(xla),
+            "images_per_second": {k: median(v) for k, v in figures.items()},
+            "per_round": figures,
             "auto_picks": picks,
-            "kerassl_auto": auto,
-            "lightly_eager": median(eager),
-            "lightly_compile": median(compiled),
+            "ratios": ratios,
             "ratio": ratio,
-            "target": TARGETS.get(name),
-            "meets_target": ratio >= TARGETS.get(name, 1.0),
-            "flops_per_step": flops,
-            "matmul_share_auto": share,
-            "matmul_share": {
-                form: rate * flops / batch / (peak * 1e9)
-                for form, rate in (
-                    ("kerassl_plain", median(plain)),
-                    ("kerassl_xla", median(xla)),
-                    ("lightly_eager", median(eager)),
-                    ("lightly_compile", median(compiled)),
-                )
-            },
+            "target": target,
+            "meets_target": ratio >= target,
+            "flops_per_step": rows[0]["flops_per_step"],
+            "matmul_share": {k: median(v) for k, v in shares.items()},
         }
+    print(
+        "(medians over rounds; ratio = median over rounds of kerassl --xla auto's pick over "
+        "the faster lightly form of the same round)"
+    )
+    peak = median([m["gflops"] for m in matmuls])
+    print(
+        f"NumPy matmul: median {peak:.1f} GFLOP/s, range "
+        f"{min(m['gflops'] for m in matmuls):.1f}-{max(m['gflops'] for m in matmuls):.1f}"
+    )
     if "simclr" in summary:
-        share = summary["simclr"]["matmul_share_auto"]
+        share = summary["simclr"]["matmul_share"]["auto"]
         verdict = "met" if share >= MATMUL_TARGET else "not met"
         print(
-            f"default SimCLR step at {100 * share:.0f} % of the matmul's FLOP/s "
-            f"(target {100 * MATMUL_TARGET:.0f} %): {verdict}"
+            f"default SimCLR step (auto's pick) at {100 * share:.0f} % of the matmul's "
+            f"FLOP/s (target {100 * MATMUL_TARGET:.0f} %): {verdict}"
         )
     met = [n for n, s in summary.items() if s["meets_target"]]
-    print(f"ratio targets met: {', '.join(met) or 'none'} of {', '.join(summary)}")
+    print(f"ratio targets met: {', '.join(met) or 'none'} (of {', '.join(summary)})")
     print("(FLOPs: conv + dense layers, analytically, forward x3; MoCo's key pass x1)")
     return summary
 
