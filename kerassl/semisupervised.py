@@ -128,15 +128,7 @@ def run_stage(stage: str, plan, cache, options, finetuned=None) -> tuple[dict, o
     from kerassl.evaluation.protocols import Outcome, Task
 
     data, split = plan.data, plan.split
-    task = Task(
-        x_train=data.x_train,
-        y_train=data.y_train,
-        split=split,
-        x_test=data.x_test,
-        num_classes=data.num_classes,
-        flip=plan.label_flip,
-        seed=plan.config.seed,
-    )
+    task = Task.of(data, split, plan.label_flip, plan.config.seed)
     if finetuned is not None:
         cache.remember("finetune", task, options, Outcome(np.zeros((0, 0)), "", {}, finetuned))
     start = time.perf_counter()

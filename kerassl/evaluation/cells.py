@@ -78,15 +78,7 @@ def run_cell(
         num_validation, top1…top5, schedule, selected, seconds, per_class, confusion —
         and the protocol's `Outcome` (its scores and classifier).
     """
-    task = Task(
-        x_train=data.x_train,
-        y_train=data.y_train,
-        split=split,
-        x_test=data.x_test,
-        num_classes=data.num_classes,
-        flip=flip,
-        seed=seed,
-    )
+    task = Task.of(data, split, flip, seed)
     start = time.perf_counter()
     outcome = run_protocol(protocol, task, encoder, cache, options)
     seconds = time.perf_counter() - start

@@ -57,6 +57,19 @@ class Task:
     seed: int = 0
     pool: np.ndarray | None = None
 
+    @classmethod
+    def of(cls, data, split: Split, flip: bool, seed: int) -> Task:
+        """The task of `split` on an `ImageData` (its test labels left out)."""
+        return cls(
+            x_train=data.x_train,
+            y_train=data.y_train,
+            split=split,
+            x_test=data.x_test,
+            num_classes=data.num_classes,
+            flip=flip,
+            seed=seed,
+        )
+
 
 @dataclass
 class Outcome:
