@@ -31,19 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-
-def numpy_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """NumPy float32 n x n matmul GFLOP/s (2·n³ per product), best of `repeats`."""
-    rng = np.random.default_rng(0)
-    a = rng.random((n, n), dtype=np.float32)
-    b = rng.random((n, n), dtype=np.float32)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+from kerassl.benchmarking.machine import numpy_matmul_gflops  # noqa: E402
 
 
 def write_images(root: Path, count: int, classes: int = 10, seed: int = 0) -> None:

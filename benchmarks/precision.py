@@ -25,23 +25,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from kerassl.benchmarking.machine import numpy_matmul_gflops  # noqa: E402
 from kerassl.catalog import PRECISIONS  # noqa: E402
 from kerassl.config import TrainConfig  # noqa: E402
 from kerassl.pretraining import build_method  # noqa: E402
-
-
-def numpy_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """NumPy float32 n×n matmul GFLOP/s (2·n³ per product), best of `repeats`."""
-    rng = np.random.default_rng(0)
-    a = rng.random((n, n), dtype=np.float32)
-    b = rng.random((n, n), dtype=np.float32)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
 
 
 def build(precision: str, shape, preset: str, jit: bool) -> keras.Model:

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 from serving import png_b64, start_server
 
+from kerassl.benchmarking.machine import numpy_matmul_gflops
+
 MODEL = "fake"
 PREDICT = f"/v1/models/{MODEL}:predict"
 PREDICT_1 = f"/v1/models/{MODEL}/versions/1:predict"
@@ -48,16 +50,6 @@ MALFORMED = [
     ("POST", PREDICT, {"instances": [{"b64": "aGVsbG8="}]}),
     ("GET", f"/v1/models/{MODEL}/versions/x", None),
 ]
-
-
-def numpy_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """This machine's float32 n x n matmul GFLOP/s with numpy (2 n^3 per product)."""
-    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
-    a @ a
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ a
-    return repeats * 2 * n**3 / (time.perf_counter() - started) / 1e9
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from kerassl.benchmarking.machine import numpy_matmul_gflops
+
 
 def worker(budget: str, dataset: str, out: str) -> dict:
     """Runs one budgeted training in this process; returns its figures."""
@@ -75,17 +77,6 @@ def worker(budget: str, dataset: str, out: str) -> dict:
     }
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    import numpy as np
-
-    a = np.random.rand(n, n).astype(np.float32)
-    a @ a
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ a
-    return repeats * 2 * n**3 / (time.perf_counter() - started) / 1e9
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", default="1m,2m", help="comma-separated (default 1m,2m)")
@@ -96,7 +87,9 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.dataset, args.out)))
         return
-    print(f"numpy float32 matmul 2048²: {matmul_gflops():.0f} GFLOP/s; {args.dataset}, SimCLR")
+    print(
+        f"numpy float32 matmul 2048²: {numpy_matmul_gflops():.0f} GFLOP/s; {args.dataset}, SimCLR"
+    )
     print("budget  steps  measured s/step  in-fit s/step  wall s   overrun")
     for budget in args.budgets.split(","):
         with tempfile.TemporaryDirectory() as out:

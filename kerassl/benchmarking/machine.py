@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 
 
 def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
@@ -16,6 +17,23 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def numpy_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """NumPy float32 n×n matmul GFLOP/s (2·n³ per product), best of `repeats`: the
+    machine's dense-matmul rate that benchmarks state their figures beside."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
 
 
 def describe() -> str:

@@ -35,7 +35,14 @@ import tensorflow as tf
 from kerassl.evaluation.features import extract_features
 from kerassl.evaluation.options import ProtocolOptions
 from kerassl.evaluation.probes import fit_linear_probe
-from kerassl.evaluation.protocols import FeatureCache, Outcome, Task, stopping
+from kerassl.evaluation.protocols import (
+    FeatureCache,
+    Outcome,
+    Task,
+    copy_encoder,
+    on_encoder,
+    stopping,
+)
 
 
 def distill(
@@ -54,7 +61,7 @@ def distill(
     soft = _soft_targets(extract_features(teacher, task.x_train[pool]), options.distill_temperature)
 
     keras.utils.set_random_seed(task.seed)
-    student = Student(_copy(encoder), probe.dense(), options)
+    student = Student(copy_encoder(encoder), probe.dense(), options)
     student.compile(
         optimizer=keras.optimizers.AdamW(options.learning_rate, weight_decay=1e-4),
         loss="sparse_categorical_crossentropy",
@@ -108,7 +115,7 @@ def _teacher(task: Task, encoder, cache: FeatureCache, options: ProtocolOptions,
     better on the validation labels of the probe of `split.labeled` and the fine-tuned
     network; the probe without validation labels."""
     split = task.split
-    probe_model = _classifier(encoder, probe.dense())
+    probe_model = on_encoder(encoder, probe.dense())
     if not len(split.validation):
         return probe_model, "linear", None
     labels = task.y_train[split.validation]
@@ -231,14 +238,3 @@ class Student(keras.Model):
         features = self.encoder(inputs, training=False)
         outputs = keras.layers.Softmax(name="probabilities")(self.logits(features))
         return keras.Model(inputs, outputs, name="student_classifier")
-
-
-def _copy(encoder: keras.Model) -> keras.Model:
-    copy = keras.models.clone_model(encoder)
-    copy.set_weights(encoder.get_weights())
-    return copy
-
-
-def _classifier(encoder: keras.Model, head) -> keras.Model:
-    inputs = keras.Input(encoder.input_shape[1:], name="images")
-    return keras.Model(inputs, head(encoder(inputs, training=False)), name="classifier")

@@ -175,7 +175,7 @@ def linear(task: Task, encoder: keras.Model, cache: FeatureCache, options: Proto
         scores=probe.scores(cache.test()),
         schedule=schedule,
         selected={"c": probe.c, "cv_accuracy": probe.cv_accuracy, "converged": probe.converged},
-        classifier=_on_encoder(encoder, probe.dense()),
+        classifier=on_encoder(encoder, probe.dense()),
     )
 
 
@@ -218,7 +218,7 @@ def mlp(task: Task, encoder: keras.Model, cache: FeatureCache, options: Protocol
         scores=np.asarray(head.predict(cache.test(), batch_size=1024, verbose=0), np.float64),
         schedule=fit.describe(history),
         selected=fit.selected(history),
-        classifier=_on_encoder(encoder, head),
+        classifier=on_encoder(encoder, head),
     )
 
 
@@ -267,9 +267,7 @@ def finetune(task: Task, encoder: keras.Model, cache: FeatureCache, options: Pro
         cache.train(split.labeled), task.y_train[split.labeled], task.num_classes, task.seed
     )
     keras.utils.set_random_seed(task.seed)
-    copy = keras.models.clone_model(encoder)
-    copy.set_weights(encoder.get_weights())
-    model = FineTuner(copy, probe.dense(), options.encoder_lr_scale)
+    model = FineTuner(copy_encoder(encoder), probe.dense(), options.encoder_lr_scale)
     validation = None
     if len(split.validation):
         validation = (task.x_train[split.validation], task.y_train[split.validation])
@@ -403,7 +401,15 @@ def stopping(options: ProtocolOptions, validation, epochs: int | None = None) ->
     )
 
 
-def _on_encoder(encoder: keras.Model, head: keras.layers.Layer) -> keras.Model:
+def copy_encoder(encoder: keras.Model) -> keras.Model:
+    """A trainable copy of `encoder` (the evaluated encoder is never modified)."""
+    copy = keras.models.clone_model(encoder)
+    copy.set_weights(encoder.get_weights())
+    return copy
+
+
+def on_encoder(encoder: keras.Model, head: keras.layers.Layer) -> keras.Model:
+    """[0, 1] images → `head(encoder(images))` in inference mode: a classifier."""
     inputs = keras.Input(encoder.input_shape[1:], name="images")
     return keras.Model(inputs, head(encoder(inputs, training=False)), name="classifier")
 
