@@ -33,6 +33,7 @@ from kerassl.data.pipeline import labeled_dataset
 from kerassl.evaluation.features import extract_features
 from kerassl.evaluation.metrics import topk_accuracy
 from kerassl.models.classifiers import build_classifier, has_transfer_base, unfreeze_top_blocks
+from kerassl.stopping import BestEpoch
 
 # Strength of each label-set augmentation: a fraction of a turn, of the size, of the zoom.
 _AUGMENT_STRENGTH = Rule(lambda v: 0 <= v < 0.5, "in [0, 0.5)")
@@ -146,8 +147,9 @@ def train_classifier(
 ) -> keras.callbacks.History:
     """Trains `model` on `(x, y)` with early stopping and ReduceLROnPlateau.
 
-    Both callbacks watch the validation loss when `validation` is given (best weights are
-    restored at the end), else the training loss, as study A did. With
+    The epoch kept and the stop follow `kerassl.stopping.BestEpoch` (the smoothed
+    validation accuracy when `validation` is given, else the training loss, as study A
+    did); the learning rate halves when the training loss plateaus. With
     `fine_tune_blocks > 0` (transfer classifiers), the head is first trained with the base
     frozen for half the epochs, then the top blocks are unfrozen and training continues at
     a tenth of the learning rate.
@@ -174,19 +176,16 @@ def train_classifier(
     """
     check("epochs", epochs)
     keras.utils.set_random_seed(seed)
-    monitor = "val_loss" if validation is not None and len(validation[0]) else "loss"
-    val_data = None
-    if monitor == "val_loss":
-        val_data = labeled_dataset(*validation, batch_size=batch_size)
+    has_validation = validation is not None and len(validation[0]) > 0
+    val_data = labeled_dataset(*validation, batch_size=batch_size) if has_validation else None
     data = train_dataset(x, y, batch_size, augmenter, seed)
 
     def run(lr: float, first: int, last: int) -> keras.callbacks.History:
         compile_classifier(model, lr, weight_decay)
-        stop = keras.callbacks.EarlyStopping(
-            monitor, patience=patience, restore_best_weights=True, start_from_epoch=first
-        )
+        stop = BestEpoch(patience, validation=has_validation)
+        # The rate follows the optimisation (training loss), not the few validation labels.
         plateau = keras.callbacks.ReduceLROnPlateau(
-            monitor, factor=0.5, patience=max(patience // 3, 1), min_lr=lr / 100
+            "loss", factor=0.5, patience=max(patience // 3, 1), min_lr=lr / 100
         )
         return model.fit(
             data,

@@ -49,7 +49,7 @@ def distill(
     task: Task, encoder: keras.Model, cache: FeatureCache, options: ProtocolOptions
 ) -> Outcome:
     """A student trained on the teacher's soft labels of the pool plus the labeled
-    cross-entropy, early-stopped on the validation labels' loss (best epoch kept)."""
+    cross-entropy, early-stopped on the validation labels (`kerassl.stopping`, best epoch kept)."""
     from kerassl.supervised import label_augmenter
 
     split = task.split

@@ -31,6 +31,7 @@ from kerassl.evaluation.features import extract_features
 from kerassl.evaluation.knn import knn_scores
 from kerassl.evaluation.options import ProtocolOptions
 from kerassl.evaluation.probes import fit_linear_probe
+from kerassl.stopping import BestEpoch, best_epoch
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ def linear(task: Task, encoder: keras.Model, cache: FeatureCache, options: Proto
 
 def mlp(task: Task, encoder: keras.Model, cache: FeatureCache, options: ProtocolOptions):
     """One hidden layer (ReLU, `options.mlp_hidden` units) on standardised frozen features
-    of `split.labeled`, early-stopped on the validation labels' loss (best weights kept)."""
+    of `split.labeled`, early-stopped on the validation labels (`kerassl.stopping`)."""
     split = task.split
     x, y = cache.train(split.labeled), task.y_train[split.labeled]
     keras.utils.set_random_seed(task.seed)
@@ -199,6 +200,7 @@ def mlp(task: Task, encoder: keras.Model, cache: FeatureCache, options: Protocol
     head.compile(
         optimizer=keras.optimizers.AdamW(options.learning_rate, weight_decay=1e-4),
         loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],  # the stopping rule selects on the validation accuracy
     )
     validation = None
     if len(split.validation):
@@ -356,21 +358,13 @@ class _Stopping:
     num_validation: int
 
     @property
-    def monitor(self) -> str:
-        return "val_loss" if self.early else "loss"
-
-    @property
     def callbacks(self) -> list[keras.callbacks.Callback]:
-        """What `supervised.train_classifier` does: the best epoch's weights are kept (of
-        the validation loss, else of the training loss)."""
-        return [
-            keras.callbacks.EarlyStopping(
-                self.monitor, patience=self.patience, restore_best_weights=True
-            )
-        ]
+        """What `supervised.train_classifier` does: `kerassl.stopping.BestEpoch` (the
+        smoothed validation accuracy's best epoch, else the lowest training loss)."""
+        return [BestEpoch(self.patience, validation=self.early)]
 
     def best_epoch(self, history: keras.callbacks.History) -> int:
-        return int(np.argmin(history.history[self.monitor])) + 1
+        return best_epoch(history.history, validation=self.early)
 
     def selected(self, history: keras.callbacks.History) -> dict:
         return {"epoch": self.best_epoch(history), "epochs_run": len(history.epoch)}
@@ -382,8 +376,8 @@ class _Stopping:
                 f"the lowest training loss, epoch {self.best_epoch(history)}"
             )
         return (
-            f"early stopping on {self.num_validation} validation labels: best epoch "
-            f"{self.best_epoch(history)} of {len(history.epoch)}"
+            f"early stopping on {self.num_validation} validation labels (smoothed accuracy): "
+            f"best epoch {self.best_epoch(history)} of {len(history.epoch)}"
         )
 
 
