@@ -215,3 +215,19 @@ def test_shuffling_bn_normalises_each_key_with_a_random_half_of_the_batch():
 def test_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_moco(**kwargs)
+
+
+def test_momentum_copy_refuses_a_batchnorm_subclass():
+    """A frozen copy would run a BatchNorm subclass on its moving statistics in training
+    mode; the copy says so instead of doing it silently."""
+    from kerassl.models.moco import momentum_copy
+
+    class OwnNorm(keras.layers.BatchNormalization):
+        pass
+
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), OwnNorm(name="own")])
+    model = keras.Sequential([keras.Input((4,)), inner])
+    with pytest.raises(ValueError, match="'own' is a OwnNorm"):
+        momentum_copy(model)
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization()])
+    assert isinstance(momentum_copy(plain).layers[0], BatchStatsNormalization)

@@ -53,6 +53,19 @@ def momentum_copy(model: keras.Model) -> keras.Model:
             return BatchStatsNormalization.from_config(layer.get_config())
         return layer.__class__.from_config(layer.get_config())
 
+    for layer in _nested_layers(model):
+        # A frozen copy of a BatchNorm subclass would normalise with its moving statistics
+        # in training mode, silently: say so instead.
+        if isinstance(layer, layers.BatchNormalization) and type(layer) not in (
+            layers.BatchNormalization,
+            BatchStatsNormalization,
+        ):
+            raise ValueError(
+                "a momentum encoder (MoCo's key, BYOL's target) keeps batch statistics only "
+                f"for keras.layers.BatchNormalization; layer {layer.name!r} is a "
+                f"{type(layer).__name__}"
+            )
+
     try:
         copy = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
     except ValueError as error:
@@ -64,6 +77,13 @@ def momentum_copy(model: keras.Model) -> keras.Model:
     copy.set_weights(model.get_weights())
     copy.trainable = False
     return copy
+
+
+def _nested_layers(model: keras.Layer):
+    """Every layer of `model`, nested models' layers included."""
+    for layer in getattr(model, "layers", ()):
+        yield layer
+        yield from _nested_layers(layer)
 
 
 def in_groups(fn, x, groups: int):
