@@ -154,7 +154,7 @@ def test_natural_preset_is_simclr_with_strength_half():
 def test_digits_and_histology_presets():
     digits = Augmenter("digits")
     assert digits.flip == "none" and not digits.rot90  # 6 and 9 stay apart
-    assert digits.crop_scale == (0.2, 1.0) and digits.rotation == 45.0
+    assert digits.crop_scale == (0.35, 1.0) and digits.rotation == 25.0
     assert digits.color_jitter_prob == 0 and digits.grayscale_prob == 0 and digits.blur_prob == 0
     histology = Augmenter("histology")
     assert histology.flip == "horizontal_and_vertical" and histology.rot90

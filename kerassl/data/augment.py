@@ -74,7 +74,7 @@ class Augmenter(keras.layers.Layer):
     Presets (`kerassl.data.presets.PRESETS`; each value overridable by the argument of the
     same name):
 
-    - `digits`: random resized crop of 20-100 % of the area, rotation ±45°, no flips (6 and
+    - `digits`: random resized crop of 35-100 % of the area, rotation ±25°, no flips (6 and
       9 must stay apart), no colour.
     - `fashion`: crop of 30-100 %, horizontal flip, brightness and contrast jitter 0.8 with
       p = 0.8 (grayscale objects: without intensity jitter the views are matched by their
