@@ -33,6 +33,11 @@ _OPTION_FLAGS = {
     "mlp_hidden": ("--mlp-hidden", int, "hidden units of the mlp protocol"),
     "max_epochs": ("--max-epochs", int, "most epochs of mlp and finetune"),
     "patience": ("--patience", int, "early-stopping patience on the validation labels"),
+    "min_steps": (
+        "--min-steps",
+        int,
+        "steps of mlp/finetune/distill before an epoch may be kept",
+    ),
     "fixed_epochs": (
         "--fixed-epochs",
         int,

@@ -56,11 +56,18 @@ def epoch_scores(
 
 
 def best_epoch(
-    history: dict[str, list[float]], validation: bool, smoothing: float = SMOOTHING
+    history: dict[str, list[float]],
+    validation: bool,
+    smoothing: float = SMOOTHING,
+    start_from_epoch: int = 0,
 ) -> int:
-    """The 1-based epoch the rule keeps: the first of the best `epoch_scores`."""
+    """The 1-based epoch the rule keeps: the first of the best `epoch_scores` after the
+    first `start_from_epoch` epochs (the last epoch while there is none after them)."""
     scores = epoch_scores(history, validation, smoothing)
-    return max(range(len(scores)), key=lambda i: (scores[i], -i)) + 1
+    if len(scores) <= start_from_epoch:
+        return len(scores)
+    later = range(start_from_epoch, len(scores))
+    return max(later, key=lambda i: (scores[i], -i)) + 1
 
 
 class BestEpoch(keras.callbacks.Callback):
@@ -73,6 +80,9 @@ class BestEpoch(keras.callbacks.Callback):
             on the training loss).
         smoothing: weight of the previous average in the exponential moving averages of
             the validation accuracy and loss (0 = no smoothing).
+        start_from_epoch: epochs trained before any may be kept (and patience counts):
+            a network started from a good point (a fine-tuned encoder's probe head) can
+            score its best on 20 images at the first epoch by luck alone.
 
     Attributes:
         best_epoch: 1-based epoch (of this `fit`) whose weights were kept.
@@ -84,13 +94,21 @@ class BestEpoch(keras.callbacks.Callback):
         37
     """
 
-    def __init__(self, patience: int, validation: bool, smoothing: float = SMOOTHING):
+    def __init__(
+        self,
+        patience: int,
+        validation: bool,
+        smoothing: float = SMOOTHING,
+        start_from_epoch: int = 0,
+    ):
         super().__init__()
         check("patience", patience, integer_at_least(1))
         check("smoothing", smoothing, UNIT_INTERVAL_OPEN)
+        check("start_from_epoch", start_from_epoch, integer_at_least(0))
         self.patience = int(patience)
         self.validation = bool(validation)
         self.smoothing = float(smoothing)
+        self.start_from_epoch = int(start_from_epoch)
         self.best_epoch = 0
         self._record: dict[str, list[float]] = {}
         self._best_weights = None
@@ -105,7 +123,7 @@ class BestEpoch(keras.callbacks.Callback):
             if name in (logs or {}):
                 self._record.setdefault(name, []).append(float(logs[name]))
         seen = len(self._record["loss"])
-        best = best_epoch(self._record, self.validation, self.smoothing)
+        best = best_epoch(self._record, self.validation, self.smoothing, self.start_from_epoch)
         if best == seen:
             self.best_epoch, self._best_weights = best, self.model.get_weights()
         elif seen - best >= self.patience:

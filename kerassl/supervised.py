@@ -144,6 +144,7 @@ def train_classifier(
     initial_epoch: int = 0,
     seed: int = 0,
     verbose: int = 0,
+    start_from_epoch: int = 0,
 ) -> keras.callbacks.History:
     """Trains `model` on `(x, y)` with early stopping and ReduceLROnPlateau.
 
@@ -170,6 +171,7 @@ def train_classifier(
         initial_epoch: epoch to start from (KerasTuner's Hyperband resumes trials).
         seed: seed of initialisation, shuffling and augmentation.
         verbose: Keras `fit` verbosity.
+        start_from_epoch: epochs before the stopping rule may keep one (`BestEpoch`).
 
     Returns:
         The `History` (of both phases when fine-tuning).
@@ -182,7 +184,7 @@ def train_classifier(
 
     def run(lr: float, first: int, last: int) -> keras.callbacks.History:
         compile_classifier(model, lr, weight_decay)
-        stop = BestEpoch(patience, validation=has_validation)
+        stop = BestEpoch(patience, validation=has_validation, start_from_epoch=start_from_epoch)
         # The rate follows the optimisation (training loss), not the few validation labels.
         plateau = keras.callbacks.ReduceLROnPlateau(
             "loss", factor=0.5, patience=max(patience // 3, 1), min_lr=lr / 100

@@ -71,3 +71,21 @@ def test_callback_stops_after_patience_and_restores_the_kept_weights():
     assert epoch == 3 and stop.best_epoch == 2  # two epochs without a better one
     stop.on_train_end()
     assert float(model.layers[0].kernel.numpy()[0, 0]) == 1.0  # epoch 2's weights
+
+
+def test_no_epoch_is_kept_before_start_from_epoch():
+    # A probe-initialised network tops 20 validation images at the first epoch by luck.
+    history = _history([0.9, 0.6, 0.7, 0.8, 0.75], [1.0] * 5)
+    assert best_epoch(history, validation=True, smoothing=0.0) == 1
+    assert best_epoch(history, validation=True, smoothing=0.0, start_from_epoch=2) == 4
+    assert best_epoch(history, validation=True, smoothing=0.0, start_from_epoch=9) == 5  # last
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.stop_training = False
+    stop = BestEpoch(patience=1, validation=True, smoothing=0.0, start_from_epoch=2)
+    stop.set_model(model)
+    stop.on_train_begin()
+    for epoch, acc in enumerate([0.9, 0.6, 0.7, 0.8, 0.75, 0.7]):
+        stop.on_epoch_end(epoch, {"loss": 1.0, "val_loss": 1.0, "val_accuracy": acc})
+        if model.stop_training:
+            break
+    assert stop.best_epoch == 4 and epoch == 4  # patience counts from the kept epoch

@@ -81,11 +81,12 @@ def distill(
     validation = None
     if len(split.validation):
         validation = (task.x_train[split.validation], task.y_train[split.validation])
-    fit = stopping(options, validation, epochs=options.distill_epochs)
+    steps = max(1, len(pool) // min(options.distill_batch_size, len(pool)))
+    fit = stopping(options, validation, epochs=options.distill_epochs, steps_per_epoch=steps)
     history = student.fit(
         data,
         epochs=fit.epochs,
-        steps_per_epoch=max(1, len(pool) // min(options.distill_batch_size, len(pool))),
+        steps_per_epoch=steps,
         validation_data=_validation(validation, options.batch_size),
         callbacks=fit.callbacks,
         verbose=0,

@@ -84,6 +84,10 @@ class ProtocolOptions:
         max_epochs: most epochs of the trained protocols (mlp, finetune); early stopping on
             the validation labels usually ends sooner.
         patience: early-stopping patience in epochs.
+        min_steps: training steps of mlp, finetune and distill before an epoch may be kept
+            (`kerassl.stopping.BestEpoch`): at 100 labels an epoch is a step, and the
+            probe-initialised network of the first step can top 20 validation images by
+            luck.
         fixed_epochs: epochs of a trained protocol when no validation labels remain (at
             1/class): a fixed schedule instead of early stopping.
         learning_rate: learning rate of the new head (mlp, finetune).
@@ -105,6 +109,7 @@ class ProtocolOptions:
     mlp_hidden: int = 512
     max_epochs: int = 200
     patience: int = 20
+    min_steps: int = 100
     fixed_epochs: int = 50
     learning_rate: float = 1e-3
     encoder_lr_scale: float = 0.1
@@ -128,6 +133,7 @@ class ProtocolOptions:
         ):
             _user_check(name, getattr(self, name), integer_at_least(1))
         _user_check("batch_size", self.batch_size, integer_at_least(1))
+        _user_check("min_steps", self.min_steps, integer_at_least(0))
         for name in ("knn_temperature", "learning_rate", "distill_temperature"):
             _user_check(name, getattr(self, name), POSITIVE)
         if not 0 <= self.distill_alpha <= 1:

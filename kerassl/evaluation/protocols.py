@@ -205,7 +205,7 @@ def mlp(task: Task, encoder: keras.Model, cache: FeatureCache, options: Protocol
     validation = None
     if len(split.validation):
         validation = (cache.train(split.validation), task.y_train[split.validation])
-    fit = stopping(options, validation)
+    fit = stopping(options, validation, steps_per_epoch=-(-len(x) // options.batch_size))
     history = head.fit(
         x,
         y,
@@ -284,7 +284,8 @@ def finetune(task: Task, encoder: keras.Model, cache: FeatureCache, options: Pro
     validation = None
     if len(split.validation):
         validation = (task.x_train[split.validation], task.y_train[split.validation])
-    fit = stopping(options, validation)
+    batch = min(options.batch_size, len(split.labeled))
+    fit = stopping(options, validation, steps_per_epoch=len(split.labeled) // batch)
     history = train_classifier(
         model,
         task.x_train[split.labeled],
@@ -295,6 +296,7 @@ def finetune(task: Task, encoder: keras.Model, cache: FeatureCache, options: Pro
         learning_rate=options.learning_rate,
         patience=fit.patience,
         seed=task.seed,
+        start_from_epoch=fit.start,
     )
     classifier = model.inference_model()
     return Outcome(
@@ -366,15 +368,16 @@ class _Stopping:
     patience: int
     early: bool
     num_validation: int
+    start: int = 0  # epochs before one may be kept (`options.min_steps` of training)
 
     @property
     def callbacks(self) -> list[keras.callbacks.Callback]:
         """What `supervised.train_classifier` does: `kerassl.stopping.BestEpoch` (the
         smoothed validation accuracy's best epoch, else the lowest training loss)."""
-        return [BestEpoch(self.patience, validation=self.early)]
+        return [BestEpoch(self.patience, validation=self.early, start_from_epoch=self.start)]
 
     def best_epoch(self, history: keras.callbacks.History) -> int:
-        return best_epoch(history.history, validation=self.early)
+        return best_epoch(history.history, validation=self.early, start_from_epoch=self.start)
 
     def selected(self, history: keras.callbacks.History) -> dict:
         return {"epoch": self.best_epoch(history), "epochs_run": len(history.epoch)}
@@ -391,9 +394,12 @@ class _Stopping:
         )
 
 
-def stopping(options: ProtocolOptions, validation, epochs: int | None = None) -> _Stopping:
+def stopping(
+    options: ProtocolOptions, validation, epochs: int | None = None, steps_per_epoch: int = 1
+) -> _Stopping:
     """Early stopping on `validation` for at most `epochs` (default `options.max_epochs`),
-    or `options.fixed_epochs` (capped by `epochs`) when there are no validation labels."""
+    no epoch kept before `options.min_steps` steps; or `options.fixed_epochs` (capped by
+    `epochs`) when there are no validation labels."""
     if validation is None or not len(validation[0]):
         fixed = min(options.fixed_epochs, epochs or options.fixed_epochs)
         return _Stopping(epochs=fixed, patience=fixed + 1, early=False, num_validation=0)
@@ -402,6 +408,7 @@ def stopping(options: ProtocolOptions, validation, epochs: int | None = None) ->
         patience=options.patience,
         early=True,
         num_validation=len(validation[0]),
+        start=-(-options.min_steps // max(1, steps_per_epoch)),
     )
 
 
