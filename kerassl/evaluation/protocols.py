@@ -261,10 +261,9 @@ def finetune(task: Task, encoder: keras.Model, cache: FeatureCache, options: Pro
     digits at 98 % got 25 % of their augmented copies right, and the head trained on such
     copies then misclassified clean test images. In a diagnostic run
     (`benchmarks/finetune_augment.py`: 100 epochs, 80 labels, 2,000 test images scored
-    every 20 epochs) a fine-tuned Kannada-digit encoder
-    fell from 67 % to 18 % within 20 epochs with it and rose to 80 % without it (the
-    probe: 76 %); on Fashion-MNIST it ended at 65.6 % with it, 75.1 % without (probe
-    71.9 %).
+    every 20 epochs) a fine-tuned Kannada-digit encoder fell from 67 % to 18 % within 20
+    epochs with it and rose to 80 % without it (the probe: 76 %); on Fashion-MNIST it
+    ended at 65.6 % with it, 75.1 % without (probe 71.9 %).
 
     The softmax head starts as the linear probe of the same labels (LP-FT: Kumar et al.
     2022, "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-
