@@ -9,7 +9,8 @@ The final classifier (`metrics.json` "final", what `kerassl export` exports by d
 the candidate with the best accuracy on held-out labels: the linear probe's by its
 cross-validation on the labels it was fitted to (it is fitted to the validation labels
 too), every other classifier's (fine-tuned, student, supervised baseline) on the
-validation labels it early-stopped on. Ties go to the earlier candidate in
+validation labels it early-stopped on, less one standard error (that figure is optimistic:
+its epoch was chosen on those labels). Ties go to the earlier candidate in
 `CANDIDATES` order. Without validation labels (1 label per class) nothing is held out and
 the linear probe is final. No test label is read to choose.
 """
@@ -86,17 +87,39 @@ class Final:
 
 
 def choose_final(held_out: dict[str, float | None], num_validation: int) -> Final:
-    """The final classifier among `held_out` (candidate → held-out accuracy or None)."""
+    """The final classifier among `held_out` (candidate → held-out accuracy or None).
+
+    The probe's figure is a cross-validation estimate; every other candidate's is its
+    accuracy on the validation labels it chose its epoch on, which is optimistic (the
+    epoch was picked for scoring well on them). Those are compared by their accuracy less
+    one standard error of it, √(p(1 − p)/n) with p = (correct + 1)/(n + 2): on 20 labels
+    a baseline at 80 % counts as 70.6 %, and does not replace a probe at 75.4 % (the
+    demo's run, where the baseline then scored 62.9 % on the test split and the probe
+    73.0 %); at 95 % it counts as 88.6 %.
+    """
     if num_validation == 0 or all(v is None for v in held_out.values()):
         return Final("classifier", held_out, "no validation labels: the linear probe")
-    scored = [(name, held_out[name]) for name in CANDIDATES if held_out.get(name) is not None]
+    scored = [
+        (name, _handicapped(name, value, num_validation))
+        for name in CANDIDATES
+        if (value := held_out.get(name)) is not None
+    ]
     best = max(scored, key=lambda item: item[1])  # max keeps the first of equals
     return Final(
         best[0],
         held_out,
         f"best held-out accuracy: the probe's cross-validation, the others' on the "
-        f"{num_validation} validation labels",
+        f"{num_validation} validation labels less one standard error",
     )
+
+
+def _handicapped(name: str, accuracy: float, num_validation: int) -> float:
+    """What `choose_final` compares: the probe's estimate as it is, the others' less one
+    standard error of an accuracy on `num_validation` labels."""
+    if name == "classifier":
+        return accuracy
+    p = (accuracy * num_validation + 1) / (num_validation + 2)
+    return accuracy - float(np.sqrt(p * (1 - p) / num_validation))
 
 
 def validation_accuracy(model, x: np.ndarray, y: np.ndarray) -> float | None:
