@@ -3,10 +3,11 @@
 The opponent every self-supervised run is compared with is a classifier (architectures in
 `kerassl.models.classifiers`) trained on the same few labels, made as strong as honesty
 allows: label-set augmentation (small rotations, shifts, crops, and horizontal flips when
-they preserve labels), early stopping and ReduceLROnPlateau on a validation split carved
-from the labeled examples. `train_classifier` is the one training loop, shared by
-`supervised_baseline` and the KerasTuner HyperModels; it never sees the test split, which
-only `evaluate_classifier` reads.
+they preserve labels), the epoch kept by `kerassl.stopping` on a validation split carved
+from the labeled examples, ReduceLROnPlateau on the training loss. `train_classifier` is
+the one training loop, shared by `supervised_baseline`, the KerasTuner HyperModels and
+the `finetune` protocol; it never sees the test split, which only `evaluate_classifier`
+reads.
 
 Images stay uint8 in memory and are scaled in the `tf.data` graph
 (`kerassl.data.pipeline.labeled_dataset`), as for pretraining.
