@@ -42,8 +42,8 @@ __all__ = ["Param", "parse_space"]  # re-exported for convenience
 
 class ClassifierHyperModel(kt.HyperModel):
     """Base of the supervised HyperModels: `build` returns a `build_classifier` model,
-    `fit` trains it with `train_classifier` (label-set augmentation, early stopping and
-    ReduceLROnPlateau on the validation data KerasTuner passes).
+    `fit` trains it with `train_classifier` (label-set augmentation, the epoch kept by
+    `kerassl.stopping` on the validation data KerasTuner passes, ReduceLROnPlateau).
 
     Subclasses define `DEFAULT_SPACE` and `classifier_args(values)`.
 
