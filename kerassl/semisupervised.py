@@ -114,12 +114,11 @@ def choose_final(held_out: dict[str, float | None], num_validation: int) -> Fina
 
 
 def _handicapped(name: str, accuracy: float, num_validation: int) -> float:
-    """What `choose_final` compares: the probe's estimate as it is, the others' less one
-    standard error of an accuracy on `num_validation` labels."""
-    if name == "classifier":
-        return accuracy
-    p = (accuracy * num_validation + 1) / (num_validation + 2)
-    return accuracy - float(np.sqrt(p * (1 - p) / num_validation))
+    """What `choose_final` compares: the probe's estimate as it is, the others'
+    `kerassl.stopping.discounted_accuracy`."""
+    from kerassl.stopping import discounted_accuracy
+
+    return accuracy if name == "classifier" else discounted_accuracy(accuracy, num_validation)
 
 
 def validation_accuracy(model, x: np.ndarray, y: np.ndarray) -> float | None:

@@ -1,4 +1,6 @@
-"""The one rule for choosing an epoch on a few held-out labels: `BestEpoch`.
+"""The one rule for choosing an epoch on a few held-out labels (`BestEpoch`,
+`best_epoch`), and what an accuracy on those labels is worth afterwards
+(`discounted_accuracy`).
 
 Every classifier kerassl trains on the labeled examples (the supervised baselines and the
 tuner's trials, the `mlp`, `finetune` and `distill` protocols) keeps the weights of the
@@ -133,3 +135,12 @@ class BestEpoch(keras.callbacks.Callback):
     def on_train_end(self, logs=None) -> None:
         if self._best_weights is not None:
             self.model.set_weights(self._best_weights)
+
+
+def discounted_accuracy(accuracy: float, num_validation: int) -> float:
+    """A classifier's accuracy on the `num_validation` labels it chose its epoch on, less
+    one standard error √(p(1 − p)/n), p = (correct + 1)/(n + 2): that figure is optimistic
+    (the epoch was picked for scoring well on them), so it is discounted before it is
+    compared with an estimate that was not selected on those labels."""
+    p = (accuracy * num_validation + 1) / (num_validation + 2)
+    return accuracy - math.sqrt(p * (1 - p) / num_validation)

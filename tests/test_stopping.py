@@ -89,3 +89,12 @@ def test_no_epoch_is_kept_before_start_from_epoch():
         if model.stop_training:
             break
     assert stop.best_epoch == 4 and epoch == 4  # patience counts from the kept epoch
+
+
+def test_discounted_accuracy_is_less_one_standard_error():
+    from kerassl.stopping import discounted_accuracy
+
+    p = 17 / 22  # 16 of 20 right, Laplace-smoothed
+    assert discounted_accuracy(0.8, 20) == pytest.approx(0.8 - math.sqrt(p * (1 - p) / 20))
+    assert discounted_accuracy(1.0, 20) < 1.0  # a perfect score on 20 images is discounted
+    assert discounted_accuracy(0.8, 2000) == pytest.approx(0.8, abs=0.01)  # many labels: ~none

@@ -43,6 +43,7 @@ from kerassl.evaluation.protocols import (
     on_encoder,
     stopping,
 )
+from kerassl.stopping import discounted_accuracy
 
 
 def distill(
@@ -114,7 +115,8 @@ def distill(
 def _teacher(task: Task, encoder, cache: FeatureCache, options: ProtocolOptions, probe):
     """(classifier, "finetune" | "linear", both validation accuracies or None): the
     better on the validation labels of the probe of `split.labeled` and the fine-tuned
-    network; the probe without validation labels."""
+    network, whose accuracy there is discounted by a standard error (it stopped on them:
+    `kerassl.stopping.discounted_accuracy`); the probe without validation labels."""
     split = task.split
     probe_model = on_encoder(encoder, probe.dense())
     if not len(split.validation):
@@ -125,7 +127,7 @@ def _teacher(task: Task, encoder, cache: FeatureCache, options: ProtocolOptions,
         "linear": _accuracy(probe.scores(cache.train(split.validation)), labels),
         "finetune": _accuracy(extract_features(tuned, task.x_train[split.validation]), labels),
     }
-    if accuracy["finetune"] > accuracy["linear"]:
+    if discounted_accuracy(accuracy["finetune"], len(labels)) > accuracy["linear"]:
         return tuned, "finetune", accuracy
     return probe_model, "linear", accuracy
 
