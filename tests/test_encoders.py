@@ -50,6 +50,8 @@ def test_batchnorm_uses_momentum_suited_to_tiny_labeled_sets():
 def test_applications_accept_small_grayscale_images(name):
     encoder = build_encoder(name, (16, 16, 1), weights=None)
     assert encoder(np.zeros((1, 16, 16, 1), "float32")).shape == (1, 2048)
+    # Their BatchNorm too runs at kerassl's momentum, not Keras' 0.99.
+    assert {layer.momentum for layer in _batch_norms(encoder)} == {0.9}
 
 
 def test_image_adapter_repeats_channels_resizes_and_preprocesses():

@@ -203,6 +203,11 @@ def application(
             "put the weights file in ~/.keras/models/ or use --weights none"
         ) from None
     base.trainable = trainable
+    # keras.applications build their BatchNorm with Keras' 0.99; pretrained from scratch
+    # for a few hundred steps their moving statistics would stay near the initial ones.
+    for layer in base._flatten_layers():
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = BN_MOMENTUM
     return keras.Model(inputs, base(adapted), name=name)
 
 
