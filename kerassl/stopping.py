@@ -127,8 +127,11 @@ class BestEpoch(keras.callbacks.Callback):
                 self._record.setdefault(name, []).append(float(logs[name]))
         seen = len(self._record["loss"])
         best = best_epoch(self._record, self.validation, self.smoothing, self.start_from_epoch)
+        self.best_epoch = best
+        if seen <= self.start_from_epoch:
+            return  # nothing kept yet: a fit that ends here ends with the last weights
         if best == seen:
-            self.best_epoch, self._best_weights = best, self.model.get_weights()
+            self._best_weights = self.model.get_weights()
         elif seen - best >= self.patience:
             self.model.stop_training = True
 
