@@ -6,7 +6,7 @@ validation labels) for a fixed number of epochs under each augmentation, and pri
 training loss and accuracy, the validation accuracy and the top-1 on the first 2,000 test
 images every 20 epochs. A diagnostic: the test split is read here to *show* the effect,
 never by kerassl to choose anything. It is why `finetune` and `distill` train on
-un-augmented images (`kerassl/evaluation/protocols.py`, `finetune`).
+un-augmented images (`kerassl/evaluation/finetune.py`).
 
 Usage:
     python benchmarks/finetune_augment.py runs/simclr-fashion_mnist-... --epochs 100
@@ -23,8 +23,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 from kerassl.benchmarking.machine import numpy_matmul_gflops  # noqa: E402
+from kerassl.evaluation.finetune import FineTuner  # noqa: E402
 from kerassl.evaluation.probes import fit_linear_probe  # noqa: E402
-from kerassl.evaluation.protocols import FeatureCache, FineTuner, copy_encoder  # noqa: E402
+from kerassl.evaluation.protocols import FeatureCache, copy_encoder  # noqa: E402
 from kerassl.run_dir import open_run  # noqa: E402
 from kerassl.supervised import evaluate_classifier, label_augmenter, train_classifier  # noqa: E402
 

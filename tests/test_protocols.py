@@ -8,8 +8,8 @@ import pytest
 from kerassl.data.registry import ImageData
 from kerassl.data.splits import PerClass
 from kerassl.evaluation.cells import draw_split, feature_cache, run_cell, score
+from kerassl.evaluation.finetune import FineTuner
 from kerassl.evaluation.options import PROTOCOLS, ProtocolOptions
-from kerassl.evaluation.protocols import FineTuner
 from kerassl.testing.fake_run import build_fake_models
 
 K = 4
