@@ -33,6 +33,7 @@ _OPTION_FLAGS = {
     "mlp_hidden": ("--mlp-hidden", int, "hidden units of the mlp protocol"),
     "max_epochs": ("--max-epochs", int, "most epochs of mlp and finetune"),
     "patience": ("--patience", int, "early-stopping patience on the validation labels"),
+    "max_steps": ("--max-steps", int, "most training steps of mlp/finetune/distill"),
     "min_steps": (
         "--min-steps",
         int,

@@ -140,6 +140,14 @@ class BestEpoch(keras.callbacks.Callback):
             self.model.set_weights(self._best_weights)
 
 
+def epochs_within(max_steps: int, steps_per_epoch: int, epochs: int) -> int:
+    """`epochs`, or fewer if `epochs × steps_per_epoch` would exceed `max_steps` (at least
+    one): the training length of a classifier is capped in steps, so that a 100 %-label
+    budget trains for a few epochs where 100 labels train for hundreds."""
+    check("max_steps", max_steps, integer_at_least(1))
+    return max(1, min(epochs, -(-max_steps // max(1, steps_per_epoch))))
+
+
 def discounted_accuracy(accuracy: float, num_validation: int) -> float:
     """A classifier's accuracy on the `num_validation` labels it chose its epoch on, less
     one standard error √(p(1 − p)/n), p = (correct + 1)/(n + 2): that figure is optimistic

@@ -152,3 +152,11 @@ def test_stratified_holdout():
     np.testing.assert_array_equal(held, stratified_holdout(y, 0.2, seed=0)[1])
     assert not np.array_equal(held, stratified_holdout(y, 0.2, seed=1)[1])
     np.testing.assert_array_equal(np.bincount(y[stratified_holdout(y, 0.9, 0)[1]]), [9, 4])
+
+
+def test_every_label_is_named_100_percent_not_one_label():
+    from kerassl.evaluation.options import budget_name, parse_budgets
+
+    budgets = parse_budgets("1,1.0,100%,0.1,10/class")
+    assert [budget_name(b) for b in budgets] == ["1", "100%", "0.1", "10/class"]
+    assert parse_labels(budget_name(1.0)) == 1.0  # the name reads back as the budget

@@ -98,3 +98,21 @@ def test_discounted_accuracy_is_less_one_standard_error():
     assert discounted_accuracy(0.8, 20) == pytest.approx(0.8 - math.sqrt(p * (1 - p) / 20))
     assert discounted_accuracy(1.0, 20) < 1.0  # a perfect score on 20 images is discounted
     assert discounted_accuracy(0.8, 2000) == pytest.approx(0.8, abs=0.01)  # many labels: ~none
+
+
+def test_training_length_is_capped_in_steps():
+    from kerassl.evaluation.options import ProtocolOptions
+    from kerassl.evaluation.protocols import stopping
+    from kerassl.stopping import epochs_within
+    from kerassl.errors import UserError
+
+    assert epochs_within(3000, 1, 200) == 200  # 100 labels: an epoch is a step
+    assert epochs_within(3000, 750, 200) == 4  # 48,000 labels at 64: ceil(3000 / 750)
+    assert epochs_within(10, 10_000, 200) == 1  # never none
+    options = ProtocolOptions(max_steps=300)
+    validation = (np.zeros((4, 2)), np.zeros(4))
+    assert stopping(options, validation, steps_per_epoch=100).epochs == 3
+    assert stopping(options, None, steps_per_epoch=100).epochs == 3  # the fixed schedule too
+    assert stopping(options, validation, steps_per_epoch=1).epochs == options.max_epochs
+    with pytest.raises(UserError, match="--min-steps"):
+        ProtocolOptions(min_steps=500, max_steps=300)

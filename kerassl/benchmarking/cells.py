@@ -20,6 +20,7 @@ from typing import Any
 
 from kerassl.benchmarking.definition import Definition
 from kerassl.checks import parse_duration
+from kerassl.data.splits import parse_labels
 from kerassl.evaluation.options import budget_name
 from kerassl.run_dir import RunDir
 
@@ -231,8 +232,10 @@ def _labeled(labels: str | None, sizes: Sizes) -> int:
         return 0
     if labels.endswith("/class"):
         return int(labels.split("/")[0]) * sizes.classes
-    value = float(labels)
-    return int(value) if value >= 1 else max(sizes.classes, int(value * sizes.train))
+    value = parse_labels(labels)
+    if isinstance(value, int):
+        return value
+    return max(sizes.classes, int(value * sizes.train))
 
 
 def total_seconds(cells: Iterable[Cell], estimate: Callable[[Cell], float]) -> float:

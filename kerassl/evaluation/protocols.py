@@ -30,7 +30,7 @@ from kerassl.evaluation.features import extract_features
 from kerassl.evaluation.knn import knn_scores
 from kerassl.evaluation.options import ProtocolOptions
 from kerassl.evaluation.probes import fit_linear_probe
-from kerassl.stopping import BestEpoch, best_epoch
+from kerassl.stopping import BestEpoch, best_epoch, epochs_within
 
 
 @dataclass(frozen=True)
@@ -295,12 +295,14 @@ def stopping(
 ) -> _Stopping:
     """Early stopping on `validation` for at most `epochs` (default `options.max_epochs`),
     no epoch kept before `options.min_steps` steps; or `options.fixed_epochs` (capped by
-    `epochs`) when there are no validation labels."""
+    `epochs`) when there are no validation labels. Either way no more epochs than
+    `options.max_steps` steps take."""
+    most = epochs or options.max_epochs
     if validation is None or not len(validation[0]):
-        fixed = min(options.fixed_epochs, epochs or options.fixed_epochs)
+        fixed = epochs_within(options.max_steps, steps_per_epoch, min(options.fixed_epochs, most))
         return _Stopping(epochs=fixed, patience=fixed + 1, early=False, num_validation=0)
     return _Stopping(
-        epochs=epochs or options.max_epochs,
+        epochs=epochs_within(options.max_steps, steps_per_epoch, most),
         patience=options.patience,
         early=True,
         num_validation=len(validation[0]),
