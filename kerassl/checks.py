@@ -75,6 +75,7 @@ RULES: dict[str, Rule] = {
     "knn_every": integer_at_least(0),
     "baseline_epochs": integer_at_least(1),
     "distill_pool": integer_at_least(1),
+    "consistency_steps": integer_at_least(1),
 }
 
 

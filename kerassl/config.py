@@ -35,6 +35,7 @@ _RULES_OF_FIELDS = {
     "knn_every": "knn_every",
     "baseline_epochs": "baseline_epochs",
     "distill_pool": "distill_pool",
+    "consistency_steps": "consistency_steps",
 }
 _OPTIONAL = {"image_size", "steps_per_epoch", "max_unlabeled"}  # None: the default
 
@@ -119,6 +120,7 @@ class TrainConfig:
     # (which brings finetune), comma-separated; "" for none.
     then: str = ""
     distill_pool: int = 20000  # most unlabeled images the distilled student trains on
+    consistency_steps: int = 1000  # most steps of the consistency (FixMatch) stage
     knn_every: int = 1  # kNN monitor period in epochs (0 disables)
     online_probe: bool = False  # linear probe trained alongside pretraining (probe_accuracy)
     seed: int = 0

@@ -63,6 +63,22 @@ _OPTION_FLAGS = {
         float,
         "distill: weight of the soft-label term (1 − α: the labeled cross-entropy)",
     ),
+    "consistency_threshold": (
+        "--consistency-threshold",
+        float,
+        "consistency: FixMatch's confidence threshold τ of a pseudo-label",
+    ),
+    "consistency_weight": (
+        "--consistency-weight",
+        float,
+        "consistency: λ_u, the weight of the pseudo-label term",
+    ),
+    "consistency_ratio": (
+        "--consistency-ratio",
+        int,
+        "consistency: μ, pool images per labeled image in a step",
+    ),
+    "consistency_steps": ("--consistency-steps", int, "consistency: most training steps"),
 }
 
 
@@ -222,7 +238,6 @@ def evaluate(
     Every split is drawn before any cell runs, so that an impossible budget fails at once
     (and `out` is only created, complete, at the end).
     """
-    from kerassl.data.presets import label_flip
     from kerassl.evaluation.cells import draw_split, feature_cache, run_cell
     from kerassl.evaluation.report import assembled, write_evaluation
 
@@ -234,7 +249,6 @@ def evaluate(
     }
     if Path(out).exists():
         raise UserError(f"{out} already exists; give another --out")
-    flip = label_flip(preset)
     cache = feature_cache(encoder, data)
     cells = [(protocol, key) for protocol in protocols for key in splits]
     rows, start = [], time.perf_counter()
@@ -244,7 +258,7 @@ def evaluate(
             encoder,
             data,
             splits[budget, seed],
-            flip=flip,
+            preset=preset,
             seed=seed,
             options=options,
             cache=cache,

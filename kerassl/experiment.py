@@ -353,7 +353,7 @@ def report(config: TrainConfig, metrics: dict) -> str:
         "|---|---|---|",
         f"| {config.method} + linear probe | {_pct(probe['top1'])} | {_pct(probe.get('top5'))} |",
     ]
-    for stage, name in (("finetune", "fine-tuned"), ("distill", "distilled student")):
+    for stage, name in semi.stage_names():
         if stage in metrics:
             row = metrics[stage]
             lines.append(f"| {name} | {_pct(row['top1'])} | {_pct(row.get('top5'))} |")

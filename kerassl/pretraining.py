@@ -189,16 +189,17 @@ def _callbacks(
     )
     # The guard first: nothing after it sees (or checkpoints) a non-finite loss.
     callbacks = [checkpoint.StopOnNonFinite(state.step)]
-    if config.knn_every:
+    if config.knn_every and len(split.validation):
         # kNN accuracy of the validation labels against the training labels: a label-free
-        # training signal users can watch (the test split stays unseen).
-        query = split.validation if len(split.validation) else split.labeled
+        # training signal users can watch (the test split stays unseen). Without
+        # validation labels there is none: the labeled images classified against
+        # themselves would read 100 % at every epoch.
         callbacks.append(
             KNNMonitor(
                 data.x_train[split.labeled],
                 data.y_train[split.labeled],
-                data.x_train[query],
-                data.y_train[query],
+                data.x_train[split.validation],
+                data.y_train[split.validation],
                 every=config.knn_every,
             )
         )

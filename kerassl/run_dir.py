@@ -62,12 +62,14 @@ CLASSIFIER = "classifier.keras"
 BASELINE = "baseline.keras"
 FINETUNED = "finetuned.keras"
 STUDENT = "student.keras"
+FIXMATCH = "fixmatch.keras"
 
 # A run's exportable classifiers (`kerassl export --model NAME`) → their files.
 MODEL_FILES = {
     "classifier": CLASSIFIER,
     "finetuned": FINETUNED,
     "student": STUDENT,
+    "fixmatch": FIXMATCH,
     "baseline": BASELINE,
 }
 

@@ -1,9 +1,11 @@
 """A run's stages after the linear probe, and the choice of its final classifier.
 
-`kerassl train … --then finetune,distill` fine-tunes the pretrained network on the
-labeled examples, then distils it into a student on the unlabeled pool: the evaluation
-protocols `finetune` and `distill` (`kerassl.evaluation.protocols`, `.distill`) run on the
-run's own split, so a run and `kerassl evaluate` compute a stage the same way.
+`kerassl train … --then finetune,distill,consistency` fine-tunes the pretrained network on
+the labeled examples, distils it into a student on the unlabeled pool, and trains it with
+FixMatch's consistency loss on the labels and the pool: the evaluation protocols
+`finetune`, `distill` and `consistency` (`kerassl.evaluation.finetune`, `.distill`,
+`.consistency`) run on the run's own split, so a run and `kerassl evaluate` compute a
+stage the same way.
 
 The final classifier (`metrics.json` "final", what `kerassl export` exports by default) is
 the candidate with the best accuracy on held-out labels: the linear probe's by its
@@ -23,18 +25,24 @@ import numpy as np
 
 from kerassl.errors import UserError
 
-STAGES = ("finetune", "distill")
+STAGES = ("finetune", "distill", "consistency")
 # Stage → the run's model file name in `kerassl.run_dir.MODEL_FILES`.
-STAGE_MODELS = {"finetune": "finetuned", "distill": "student"}
+STAGE_MODELS = {"finetune": "finetuned", "distill": "student", "consistency": "fixmatch"}
 # A run's classifiers in the order ties are broken: SSL first, the baseline last.
-CANDIDATES = ("classifier", "finetuned", "student", "baseline")
+CANDIDATES = ("classifier", "finetuned", "student", "fixmatch", "baseline")
 # What each candidate is called in reports.
 DESCRIPTIONS = {
     "classifier": "linear probe",
     "finetuned": "fine-tuned",
     "student": "distilled student",
+    "fixmatch": "FixMatch-trained",
     "baseline": "supervised baseline",
 }
+
+
+def stage_names() -> list[tuple[str, str]]:
+    """(stage, what its classifier is called in reports), in stage order."""
+    return [(stage, DESCRIPTIONS[STAGE_MODELS[stage]]) for stage in STAGES]
 
 
 def parse_stages(text: str) -> tuple[str, ...]:
@@ -132,11 +140,11 @@ def validation_accuracy(model, x: np.ndarray, y: np.ndarray) -> float | None:
 
 def stage_options(config):
     """The protocols' settings for a run's stages: the evaluation defaults, the pool
-    capped by `--distill-pool` and `--max-unlabeled`."""
+    capped by `--distill-pool` and `--max-unlabeled`, `--consistency-steps`."""
     from kerassl.evaluation.options import ProtocolOptions
 
     pool = min(config.distill_pool, config.max_unlabeled or config.distill_pool)
-    return ProtocolOptions(distill_pool=pool)
+    return ProtocolOptions(distill_pool=pool, consistency_steps=config.consistency_steps)
 
 
 def run_stage(stage: str, plan, cache, options, finetuned=None) -> tuple[dict, object]:
@@ -150,7 +158,7 @@ def run_stage(stage: str, plan, cache, options, finetuned=None) -> tuple[dict, o
     from kerassl.evaluation.protocols import Outcome, Task
 
     data, split = plan.data, plan.split
-    task = Task.of(data, split, plan.label_flip, plan.config.seed)
+    task = Task.of(data, split, plan.preset, plan.config.seed)
     if finetuned is not None:
         cache.remember("finetune", task, options, Outcome(np.zeros((0, 0)), "", {}, finetuned))
     start = time.perf_counter()

@@ -252,14 +252,21 @@ def build_parser() -> ArgumentParser:
         metavar="STAGES",
         help="stages after the linear probe: finetune (the whole network on the labels), "
         "distill (a student on the fine-tuned teacher's soft labels of the unlabeled pool; "
-        "brings finetune), comma-separated. The final classifier is the best on held-out "
-        "labels (default: none)",
+        "brings finetune), consistency (FixMatch's pseudo-label consistency on the labels "
+        "and the pool, from the probe), comma-separated. The final classifier is the best on "
+        "held-out labels (default: none)",
     )
     g.add_argument(
         "--distill-pool",
         type=int,
         default=d.distill_pool,
         help="most unlabeled images the distilled student trains on (default %(default)s)",
+    )
+    g.add_argument(
+        "--consistency-steps",
+        type=int,
+        default=d.consistency_steps,
+        help="most steps of the consistency stage (default %(default)s)",
     )
     g.add_argument(
         "--knn-every",
@@ -378,7 +385,9 @@ def settings_of(args: argparse.Namespace, given: set[str]) -> TrainConfig:
 def summary(config: TrainConfig, metrics: dict, run_dir) -> str:
     probe = metrics["linear_probe"]
     lines = [f"{config.method} + linear probe: top-1 {100 * probe['top1']:.1f} %"]
-    for stage, name in (("finetune", "fine-tuned"), ("distill", "distilled student")):
+    from kerassl.semisupervised import stage_names
+
+    for stage, name in stage_names():
         if stage in metrics:
             lines.append(f"{name}: top-1 {100 * metrics[stage]['top1']:.1f} %")
     if "baseline" in metrics:

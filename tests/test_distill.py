@@ -9,9 +9,9 @@ import tensorflow as tf
 
 from kerassl.data.splits import Split
 from kerassl.errors import UserError
-from kerassl.evaluation.distill import _pool, _soft_targets, distillation_loss
+from kerassl.evaluation.distill import _soft_targets, distillation_loss
 from kerassl.evaluation.options import ProtocolOptions
-from kerassl.evaluation.protocols import Task
+from kerassl.evaluation.protocols import Task, unlabeled_pool
 from kerassl.semisupervised import choose_final, parse_stages
 
 
@@ -45,10 +45,10 @@ def test_the_pool_holds_no_validation_image_and_is_capped():
     split = Split(labeled=np.array([0, 1, 2]), validation=np.array([3, 4]))
     x = np.zeros((50, 2, 2, 1), np.uint8)
     task = Task(x, np.zeros(50, np.int64), split, x[:2], num_classes=2, seed=3)
-    pool = _pool(task, ProtocolOptions(distill_pool=10))
+    pool = unlabeled_pool(task, 10)
     assert len(pool) == 10 and not set(pool) & {3, 4}
-    assert np.array_equal(pool, _pool(task, ProtocolOptions(distill_pool=10)))  # seeded
-    assert set(_pool(task, ProtocolOptions())) == set(range(50)) - {3, 4}
+    assert np.array_equal(pool, unlabeled_pool(task, 10))  # seeded
+    assert set(unlabeled_pool(task)) == set(range(50)) - {3, 4}
 
 
 def test_stages_parse_in_order_and_distill_brings_finetune():

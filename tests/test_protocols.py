@@ -13,7 +13,15 @@ from kerassl.evaluation.options import PROTOCOLS, ProtocolOptions
 from kerassl.testing.fake_run import build_fake_models
 
 K = 4
-FAST = ProtocolOptions(max_epochs=30, patience=5, fixed_epochs=5, mlp_hidden=32, batch_size=16)
+FAST = ProtocolOptions(
+    max_epochs=30,
+    patience=5,
+    fixed_epochs=5,
+    mlp_hidden=32,
+    batch_size=16,
+    consistency_ratio=2,
+    consistency_steps=100,
+)
 
 
 def _clusters(n_per_class: int, separable: bool, seed: int, side: int = 4):
@@ -56,7 +64,7 @@ def test_feature_protocols_separable_vs_random(protocol):
     for separable, low, high in ((True, 0.95, 1.0), (False, 0.0, 0.5)):
         data = _data(separable)
         split = draw_split(data, 40, seed=0, validation=0.25)
-        row = run_cell(protocol, encoder, data, split, flip=False, seed=0, options=FAST)[0]
+        row = run_cell(protocol, encoder, data, split, preset="none", seed=0, options=FAST)[0]
         assert low <= row["top1"] <= high, (protocol, separable, row["top1"])
         assert row["num_labeled"] == 40 and row["num_validation"] == 12
         assert sum(map(sum, row["confusion"])) == len(data.y_test)
@@ -82,7 +90,7 @@ def test_no_protocol_sees_the_test_labels():
     split = draw_split(data, 24, seed=3, validation=0.25)
     for protocol in PROTOCOLS:
         runs = [
-            run_cell(protocol, encoder, d, split, flip=False, seed=0, options=FAST)
+            run_cell(protocol, encoder, d, split, preset="none", seed=0, options=FAST)
             for d in (data, poisoned)
         ]
         (clean_row, clean), (poisoned_row, dirty) = runs
@@ -104,7 +112,7 @@ def test_finetune_fixed_schedule_at_one_label_per_class_and_copy():
     )
     split = draw_split(data, PerClass(1), seed=0, validation=0.2)
     assert len(split.validation) == 0
-    row, outcome = run_cell("finetune", encoder, data, split, flip=True, seed=0, options=FAST)
+    row, outcome = run_cell("finetune", encoder, data, split, preset="fashion", seed=0, options=FAST)
     assert row["schedule"].startswith("fixed 5 epochs (no validation labels")
     assert row["selected"]["epochs_run"] == 5
     assert row["labels"] == "1/class"

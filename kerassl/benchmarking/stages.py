@@ -111,7 +111,8 @@ class Stages:
         return label_flip(self.definition.pretrain.get("augment") or self.data.preset)
 
     def encoder(self, name: str):
-        """(encoder, flip, feature cache) of a method row, loaded once for its cells."""
+        """(encoder, augmentation preset, feature cache) of a method row, loaded once for
+        its cells."""
         if name not in self._encoders:
             self._encoders.clear()  # cells come row by row: one encoder in memory at a time
             row = self._row(name)
@@ -120,7 +121,7 @@ class Stages:
                 encoder, preset = run.load("encoder"), run.config["augment"]
             else:
                 encoder, preset = self._source_encoder(row.source)
-            self._encoders[name] = (encoder, label_flip(preset), feature_cache(encoder, self.data))
+            self._encoders[name] = (encoder, preset, feature_cache(encoder, self.data))
         return self._encoders[name]
 
     def _source_encoder(self, source: str):
@@ -168,13 +169,13 @@ class Stages:
         }
 
     def evaluate(self, cell: Cell) -> dict[str, Any]:
-        encoder, flip, cache = self.encoder(cell.row)
+        encoder, preset, cache = self.encoder(cell.row)
         return evaluate_cell(
             cell.protocol,
             encoder,
             self.data,
             self.split(cell.labels, cell.seed),
-            flip=flip,
+            preset=preset,
             seed=cell.seed,
             options=self.definition.protocol_options,
             cache=cache,

@@ -27,6 +27,7 @@ FAMILIES = (
     ("Frozen features: linear and MLP heads", ("linear", "mlp")),
     ("Frozen features: nearest neighbours", ("knn", "1nn")),
     ("Fine-tuned encoder", ("finetune",)),
+    ("Semi-supervised: the unlabeled pool too", ("distill", "consistency")),
 )
 PROTOCOL_TITLES = {
     "linear": "linear",
@@ -34,6 +35,8 @@ PROTOCOL_TITLES = {
     "knn": "kNN",
     "1nn": "1-NN",
     "finetune": "fine-tuned",
+    "distill": "distilled",
+    "consistency": "FixMatch",
 }
 CSV_COLUMNS = ("row", "stage", *RESULT_COLUMNS)
 WEIGHTS_NOT_FOUND = "skipped: weights not found"

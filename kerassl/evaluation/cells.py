@@ -56,7 +56,7 @@ def run_cell(
     data: ImageData,
     split: Split,
     *,
-    flip: bool,
+    preset: str,
     seed: int,
     options: ProtocolOptions | None = None,
     cache: FeatureCache | None = None,
@@ -68,7 +68,8 @@ def run_cell(
         encoder: [0, 1] images → features (fine-tuning works on a copy).
         data: the dataset; the protocol sees its test images, never its test labels.
         split: labeled / validation indices into `data.x_train` (`draw_split`).
-        flip: horizontal flips preserve labels (label-set augmentation of `finetune`).
+        preset: the encoder's augmentation preset (whether flips preserve labels; the
+            strong views of `consistency`).
         seed: seed of the protocol's own random choices (initialisation, shuffling).
         options: the protocols' settings.
         cache: features of `encoder` (`feature_cache`), shared between cells.
@@ -78,7 +79,7 @@ def run_cell(
         num_validation, top1…top5, schedule, selected, seconds, per_class, confusion —
         and the protocol's `Outcome` (its scores and classifier).
     """
-    task = Task.of(data, split, flip, seed)
+    task = Task.of(data, split, preset, seed)
     start = time.perf_counter()
     outcome = run_protocol(protocol, task, encoder, cache, options)
     seconds = time.perf_counter() - start

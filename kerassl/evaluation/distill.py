@@ -42,6 +42,8 @@ from kerassl.evaluation.protocols import (
     copy_encoder,
     on_encoder,
     stopping,
+    unlabeled_pool,
+    validation_batches,
 )
 from kerassl.stopping import discounted_accuracy
 
@@ -58,7 +60,7 @@ def distill(
         cache.train(split.labeled), task.y_train[split.labeled], task.num_classes, task.seed
     )
     teacher, teacher_name, teacher_accuracy = _teacher(task, encoder, cache, options, probe)
-    pool = _pool(task, options)
+    pool = unlabeled_pool(task, options.distill_pool)
     soft = _soft_targets(extract_features(teacher, task.x_train[pool]), options.distill_temperature)
 
     keras.utils.set_random_seed(task.seed)
@@ -88,7 +90,7 @@ def distill(
         data,
         epochs=fit.epochs,
         steps_per_epoch=steps,
-        validation_data=_validation(validation, options.batch_size),
+        validation_data=validation_batches(validation, options.batch_size),
         callbacks=fit.callbacks,
         verbose=0,
     )
@@ -136,16 +138,6 @@ def _accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(scores, axis=1) == labels))
 
 
-def _pool(task: Task, options: ProtocolOptions) -> np.ndarray:
-    """Indices of the distillation pool: the task's pool without validation images, at
-    most `options.distill_pool` of them drawn with the task's seed."""
-    pool = np.arange(len(task.x_train)) if task.pool is None else np.asarray(task.pool)
-    pool = np.setdiff1d(pool, task.split.validation)
-    if len(pool) > options.distill_pool:
-        pool = np.sort(np.random.default_rng(task.seed).choice(pool, options.distill_pool, False))
-    return pool
-
-
 def _soft_targets(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     """P_T(y | x; τ): the teacher's softmax recomputed at temperature τ from its
     probabilities (log p = logits + const, so softmax(log p / τ) is exact)."""
@@ -187,14 +179,6 @@ def _student_dataset(x_pool, soft, x_labeled, y_labeled, options, augmenter, see
     if augmenter.layers:
         unlabeled, labeled = unlabeled.map(augment), labeled.map(augment)
     return tf.data.Dataset.zip(unlabeled.repeat(), labeled.repeat()).prefetch(2)
-
-
-def _validation(validation, batch_size: int):
-    if validation is None:
-        return None
-    from kerassl.data.pipeline import labeled_dataset
-
-    return labeled_dataset(*validation, batch_size=batch_size)
 
 
 @keras.saving.register_keras_serializable(package="kerassl")

@@ -106,17 +106,23 @@ class FineTuner(keras.Model):
             probabilities = self(images, training=True)
             loss = self._compute_loss(x=images, y=labels, y_pred=probabilities, training=True)
         self._loss_tracker.update_state(loss, sample_weight=tf.shape(images)[0])
-        gradients = tape.gradient(loss, encoder_variables + head_variables)
+        self.apply_two_rates(tape.gradient(loss, encoder_variables + head_variables))
+        return self.compute_metrics(images, labels, probabilities)
+
+    def apply_two_rates(self, gradients) -> None:
+        """Applies the gradients of (encoder variables + head variables), in that order:
+        the encoder's at `encoder_lr_scale` of the head's current learning rate."""
+        encoder_variables = self.encoder.trainable_variables
         self.encoder_optimizer.learning_rate.assign(
             self.optimizer.learning_rate * self.encoder_lr_scale
         )
-        self.encoder_optimizer.apply_gradients(
-            zip(gradients[: len(encoder_variables)], encoder_variables, strict=True)
-        )
+        if encoder_variables:  # (an encoder may have none: a fixed feature map)
+            self.encoder_optimizer.apply_gradients(
+                zip(gradients[: len(encoder_variables)], encoder_variables, strict=True)
+            )
         self.optimizer.apply_gradients(
-            zip(gradients[len(encoder_variables) :], head_variables, strict=True)
+            zip(gradients[len(encoder_variables) :], self.head.trainable_variables, strict=True)
         )
-        return self.compute_metrics(images, labels, probabilities)
 
     def inference_model(self) -> keras.Model:
         """A plain functional classifier sharing the fine-tuned weights."""

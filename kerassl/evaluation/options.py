@@ -15,7 +15,7 @@ from kerassl.data.splits import LabelBudget, parse_labels
 from kerassl.errors import UserError
 
 # Evaluation protocols (`kerassl.evaluation.protocols`): frozen-feature protocols first.
-PROTOCOLS = ("linear", "mlp", "knn", "1nn", "finetune", "distill")
+PROTOCOLS = ("linear", "mlp", "knn", "1nn", "finetune", "distill", "consistency")
 FEATURE_PROTOCOLS = ("linear", "mlp", "knn", "1nn")
 
 _RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
@@ -108,6 +108,11 @@ class ProtocolOptions:
         distill_temperature: τ of the teacher's and the student's softmax (SimCLRv2: 1).
         distill_alpha: weight of the distillation term; 1 − α weighs the labeled
             cross-entropy (SimCLRv2's α).
+        consistency_threshold: FixMatch's confidence threshold τ for a pseudo-label.
+        consistency_weight: λ_u, the weight of the unlabeled (pseudo-label) term.
+        consistency_ratio: μ, pool images per labeled image in a step.
+        consistency_steps: most steps of `consistency` (early stopping on the validation
+            labels usually keeps an earlier epoch).
     """
 
     knn_k: int = 20
@@ -126,6 +131,10 @@ class ProtocolOptions:
     distill_batch_size: int = 256
     distill_temperature: float = 1.0
     distill_alpha: float = 0.5
+    consistency_threshold: float = 0.95
+    consistency_weight: float = 1.0
+    consistency_ratio: int = 7
+    consistency_steps: int = 1000
 
     def __post_init__(self) -> None:
         for name in (
@@ -138,6 +147,8 @@ class ProtocolOptions:
             "distill_pool",
             "distill_epochs",
             "distill_batch_size",
+            "consistency_ratio",
+            "consistency_steps",
         ):
             _user_check(name, getattr(self, name), integer_at_least(1))
         _user_check("batch_size", self.batch_size, integer_at_least(1))
@@ -146,8 +157,12 @@ class ProtocolOptions:
             raise UserError(
                 f"--min-steps ({self.min_steps}) must not exceed --max-steps ({self.max_steps})"
             )
-        for name in ("knn_temperature", "learning_rate", "distill_temperature"):
+        for name in ("knn_temperature", "learning_rate", "distill_temperature", "consistency_weight"):
             _user_check(name, getattr(self, name), POSITIVE)
+        if not 0 < self.consistency_threshold <= 1:
+            raise UserError(
+                f"--consistency-threshold must be in (0, 1]; got {self.consistency_threshold}"
+            )
         if not 0 <= self.distill_alpha <= 1:
             raise UserError(f"--distill-alpha must be in [0, 1]; got {self.distill_alpha}")
         if not 0 < self.encoder_lr_scale <= 1:

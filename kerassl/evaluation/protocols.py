@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from kerassl.data.presets import label_flip
 from kerassl.data.splits import Split
 from kerassl.evaluation.features import extract_features
 from kerassl.evaluation.knn import knn_scores
@@ -43,9 +44,11 @@ class Task:
         split: the labeled and validation indices into `x_train`.
         x_test: uint8 test images [T, H, W, C], to score.
         num_classes: K.
-        flip: horizontal flips preserve labels (the label-set augmentation may flip).
+        preset: the encoder's augmentation preset (`kerassl.data.presets`): whether flips
+            preserve labels, and `consistency`'s strong views.
         seed: seed of every random choice the protocol makes.
-        pool: indices into `x_train` of the unlabeled pool (`distill`); None = all.
+        pool: indices into `x_train` of the unlabeled pool (`distill`, `consistency`);
+            None = all.
     """
 
     x_train: np.ndarray
@@ -53,12 +56,17 @@ class Task:
     split: Split
     x_test: np.ndarray
     num_classes: int
-    flip: bool = False
+    preset: str = "none"
     seed: int = 0
     pool: np.ndarray | None = None
 
+    @property
+    def flip(self) -> bool:
+        """Horizontal flips preserve labels (the label-set augmentation may flip)."""
+        return label_flip(self.preset)
+
     @classmethod
-    def of(cls, data, split: Split, flip: bool, seed: int) -> Task:
+    def of(cls, data, split: Split, preset: str, seed: int) -> Task:
         """The task of `split` on an `ImageData` (its test labels left out)."""
         return cls(
             x_train=data.x_train,
@@ -66,7 +74,7 @@ class Task:
             split=split,
             x_test=data.x_test,
             num_classes=data.num_classes,
-            flip=flip,
+            preset=preset,
             seed=seed,
         )
 
@@ -323,9 +331,36 @@ def on_encoder(encoder: keras.Model, head: keras.layers.Layer) -> keras.Model:
     return keras.Model(inputs, head(encoder(inputs, training=False)), name="classifier")
 
 
+def unlabeled_pool(task: Task, most: int | None = None) -> np.ndarray:
+    """Indices of the unlabeled pool of `distill` and `consistency`: the task's pool
+    without its validation images (the labels a stage selects on stay images it was not
+    fitted to), at most `most` of them drawn with the task's seed."""
+    pool = np.arange(len(task.x_train)) if task.pool is None else np.asarray(task.pool)
+    pool = np.setdiff1d(pool, task.split.validation)
+    if most is not None and len(pool) > most:
+        pool = np.sort(np.random.default_rng(task.seed).choice(pool, most, False))
+    return pool
+
+
+def validation_batches(validation, batch_size: int):
+    """The `(images, labels)` validation set as batches for `fit`, or None."""
+    if validation is None:
+        return None
+    from kerassl.data.pipeline import labeled_dataset
+
+    return labeled_dataset(*validation, batch_size=batch_size)
+
+
 def distill(task: Task, encoder: keras.Model, cache: FeatureCache, options: ProtocolOptions):
     """Self-distillation on the pool (`kerassl.evaluation.distill`)."""
     from kerassl.evaluation.distill import distill as run
+
+    return run(task, encoder, cache, options)
+
+
+def consistency(task: Task, encoder: keras.Model, cache: FeatureCache, options: ProtocolOptions):
+    """FixMatch-style consistency training from the encoder (`kerassl.evaluation.consistency`)."""
+    from kerassl.evaluation.consistency import consistency as run
 
     return run(task, encoder, cache, options)
 
@@ -339,6 +374,7 @@ PROTOCOL_FUNCTIONS: dict[str, Protocol] = {
     "1nn": one_nn,
     "finetune": finetune,
     "distill": distill,
+    "consistency": consistency,
 }
 
 

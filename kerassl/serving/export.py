@@ -333,9 +333,11 @@ def _model_description(run: Run, model: str) -> dict:
     """
     if model == "classifier":
         return {"method": run.method, "metrics": run.metrics}
-    stages = {"finetuned": ("finetune", "fine-tuned"), "student": ("distill", "distilled")}
+    from kerassl.semisupervised import DESCRIPTIONS, STAGE_MODELS
+
+    stages = {model: stage for stage, model in STAGE_MODELS.items()}
     if model in stages:
-        stage, words = stages[model]
+        stage, words = stages[model], DESCRIPTIONS[model]
         metrics = run.metrics.get(stage) if isinstance(run.metrics, dict) else None
         return {"method": f"{run.method} {words}", "run_method": run.method, "metrics": metrics}
     baseline = run.metrics.get("baseline") if isinstance(run.metrics, dict) else None
