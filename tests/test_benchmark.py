@@ -243,6 +243,18 @@ def test_changes_name_settings_and_allow_other_axes():
     ]
 
 
+def test_options_of_a_protocol_no_cell_ran_may_change():
+    old = definitions.resolve({**TINY, "protocols": ["linear", "distill"]}).record()
+    del old["protocol_options"]["consistency_steps"]  # a directory older than the option
+    newer = {**TINY, "protocols": ["linear", "distill", "consistency"]}
+    newer["protocol_options"] = {"consistency_steps": 20}
+    assert rerun.changes(old, definitions.resolve(newer).record()) == []
+    distill = {**TINY, "protocol_options": {"distill_pool": 64}}
+    assert rerun.changes(old, definitions.resolve(distill).record()) == [
+        "protocol_options.distill_pool: 64 (it has 20000)"
+    ]
+
+
 def test_remaining_time_is_the_mean_of_finished_cells_of_the_same_kind():
     cells = [Cell(EVALUATE, "simclr", "linear", "100", s) for s in range(4)]
     cells += [Cell(EVALUATE, "simclr", "knn", "100", s) for s in range(2)]

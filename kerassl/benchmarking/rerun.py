@@ -3,8 +3,9 @@
 
 Cells are keyed by row, protocol, label budget and seed, so rows and the axes (budgets,
 seeds, protocols) may be added or left out; any other setting, or a row asked for again
-with other settings, would change what a finished cell means and is refused.
-TensorFlow-free.
+with other settings, would change what a finished cell means and is refused — except the
+options of a protocol no finished cell ran (`distill_*`, `consistency_*` of
+`ProtocolOptions`), which cannot have. TensorFlow-free.
 """
 
 from __future__ import annotations
@@ -30,9 +31,20 @@ def changes(recorded: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
             for name, settings in value.items():
                 if name in recorded[key]:
                     _diff(f"{key}.{name}", settings, recorded[key][name], found)
+        elif key == "protocol_options":
+            ran = set(recorded.get("protocols", ()))
+            _diff(key, _of_protocols(value, ran), _of_protocols(recorded[key], ran), found)
         else:
             _diff(key, value, recorded[key], found)
     return found
+
+
+def _of_protocols(options: Mapping[str, Any], protocols: set[str]) -> dict[str, Any]:
+    """`options` without those of a protocol not in `protocols` (named `<protocol>_…`)."""
+    from kerassl.evaluation.options import PROTOCOLS
+
+    own = {name for name in PROTOCOLS if name not in protocols}
+    return {k: v for k, v in options.items() if k.split("_", 1)[0] not in own}
 
 
 _UNSET = "(not set)"
