@@ -57,10 +57,10 @@ class Cell:
     def kind(self) -> str:
         """Cells whose times are alike (the remaining-time estimate averages over them)."""
         if self.stage == EVALUATE:
-            return f"{EVALUATE} {self.protocol}"
+            return f"{EVALUATE} {self.protocol} {self.labels}"
         if self.stage == PRETRAIN:
             return PRETRAIN
-        return f"{self.stage} {self.row}"
+        return f"{self.stage} {self.row} {self.labels}"
 
     def describe(self) -> str:
         """`simclr · linear · 100 · seed 1`, `simclr · pretraining`, `cnn-tuned · search · 100`."""
@@ -177,12 +177,16 @@ class Progress:
 # Rough costs on this project's machine kind (2-core AMD EPYC, no AVX-512, CPU only), for
 # `--dry-run` and for kinds none of whose cells has finished yet. Pretraining: image pixels
 # per second through a training step of the small CNN (two views, forward and backward);
-# inference: pixels per second through the frozen encoder.
+# inference: pixels per second through the frozen encoder. A trained protocol or baseline
+# costs its steps (`kerassl.stopping.epochs_within` caps them) times the images of a step.
 TRAIN_PIXELS_PER_SECOND = 70_000.0
 INFER_PIXELS_PER_SECOND = 1_500_000.0
 OVERHEAD_SECONDS = {PRETRAIN: 25.0, EVALUATE: 2.0, TUNE: 5.0, BASELINE: 5.0}
-# Supervised training: seconds per labeled image and epoch at 28 px.
-SUPERVISED_SECONDS_PER_IMAGE_EPOCH = 0.0015
+# Supervised training (one view, forward and backward, with label-set augmentation).
+SUPERVISED_SECONDS_PER_IMAGE = 0.006
+# Epochs a trained protocol or baseline runs before early stopping ends it, as a fraction
+# of its most epochs.
+STOPPED_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -197,6 +201,9 @@ class Sizes:
 
 def estimate_seconds(cell: Cell, definition: Definition, sizes: Sizes) -> float:
     """A rough time for `cell` (see the rates above; a time budget is taken as given)."""
+    from kerassl.stopping import epochs_within
+    from kerassl.supervised import MAX_STEPS
+
     scale = sizes.pixels / 784
     overhead = OVERHEAD_SECONDS[cell.stage]
     if cell.stage == PRETRAIN:
@@ -211,23 +218,51 @@ def estimate_seconds(cell: Cell, definition: Definition, sizes: Sizes) -> float:
         images = int(settings.get("epochs", 10)) * steps * batch
         return overhead + images * sizes.pixels / TRAIN_PIXELS_PER_SECOND
     labeled = _labeled(cell.labels, sizes)
+    trained = int(labeled * (1 - definition.validation)) or 1
+
+    def training(batch: int, epochs: int, max_steps: int, images_per_step: int) -> float:
+        per_epoch = -(-trained // batch)
+        run = epochs_within(max_steps, per_epoch, max(1, int(epochs * STOPPED_FRACTION)))
+        return run * per_epoch * images_per_step * SUPERVISED_SECONDS_PER_IMAGE * scale
+
     if cell.stage == EVALUATE:
         # The first cell of a row embeds the test split; spread over the row's cells.
         per_row = len(definition.labels) * len(definition.seeds) * len(definition.protocols)
         embed = (sizes.test + labeled) * sizes.pixels / INFER_PIXELS_PER_SECOND / per_row
         options = definition.protocol_options
-        trained = {"mlp": 0.3 * options.max_epochs, "finetune": 3.0 * options.max_epochs}
-        epochs_cost = trained.get(cell.protocol, 0.0) * labeled / 100 * scale
-        return overhead + embed + epochs_cost
+        batch = options.batch_size
+        pool = sizes.train
+        cost = {
+            "finetune": lambda: training(batch, options.max_epochs, options.max_steps, batch),
+            "distill": lambda: (  # after its teacher, the finetune cell
+                min(
+                    options.max_steps,
+                    options.distill_epochs
+                    * max(1, min(options.distill_pool, pool) // options.distill_batch_size),
+                )
+                * STOPPED_FRACTION
+                * (options.distill_batch_size + batch)
+                * SUPERVISED_SECONDS_PER_IMAGE
+                * scale
+            ),
+            "consistency": lambda: (
+                min(options.consistency_steps, options.max_steps)
+                * STOPPED_FRACTION
+                * (batch + 1.2 * options.consistency_ratio * batch)
+                * SUPERVISED_SECONDS_PER_IMAGE
+                * scale
+            ),
+        }
+        return overhead + embed + cost.get(cell.protocol, lambda: 0.0)()
     epochs = definition.tuning_epochs() if cell.stage == TUNE else definition.baseline_epochs
-    fit = SUPERVISED_SECONDS_PER_IMAGE_EPOCH * labeled * epochs * scale
+    fit = training(32, epochs, MAX_STEPS, 32)
     test = sizes.test * sizes.pixels / INFER_PIXELS_PER_SECOND
     trials = definition.tuning.max_trials if cell.stage == TUNE else 1
     return overhead + trials * (fit + test)
 
 
 def _labeled(labels: str | None, sizes: Sizes) -> int:
-    """Labeled images of a budget name (100, 10/class, 0.1) at the data's sizes."""
+    """Labeled images of a budget name (100, 10/class, 0.1, 100%) at the data's sizes."""
     if labels is None:
         return 0
     if labels.endswith("/class"):
