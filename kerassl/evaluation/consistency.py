@@ -175,7 +175,7 @@ class ConsistencyTrainer(FineTuner):
         threshold: float,
         weight: float,
     ):
-        super().__init__(encoder, head, encoder_lr_scale)
+        super().__init__(encoder, head, encoder_lr_scale, name="fixmatch")
         self.weak, self.strong = weak, strong
         self.threshold, self.weight = float(threshold), float(weight)
         self.mask_rate = keras.metrics.Mean(name="mask_rate")

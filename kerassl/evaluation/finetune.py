@@ -79,13 +79,23 @@ class FineTuner(keras.Model):
     (following it when ReduceLROnPlateau lowers it). Adam is invariant to the scale of
     its gradients, so scaling the encoder's gradients instead would change nothing."""
 
-    def __init__(self, encoder: keras.Model, head: keras.layers.Layer, encoder_lr_scale: float):
-        super().__init__(name="finetuned")
+    def __init__(
+        self,
+        encoder: keras.Model,
+        head: keras.layers.Layer,
+        encoder_lr_scale: float,
+        name: str = "finetuned",
+    ):
+        super().__init__(name=name)
         self.encoder, self.head = encoder, head
         if not head.built:
             head.build((None, encoder.output_shape[-1]))
         self.encoder_lr_scale = float(encoder_lr_scale)
         self.encoder_optimizer: keras.optimizers.Optimizer | None = None
+
+    def build(self, input_shape=None):
+        """Nothing to create: the encoder and the head are built in `__init__`."""
+        self.built = True
 
     def call(self, images, training=False):
         return self.head(self.encoder(images, training=False))
@@ -128,4 +138,4 @@ class FineTuner(keras.Model):
         """A plain functional classifier sharing the fine-tuned weights."""
         inputs = keras.Input(self.encoder.input_shape[1:], name="images")
         outputs = self.head(self.encoder(inputs, training=False))
-        return keras.Model(inputs, outputs, name="finetuned_classifier")
+        return keras.Model(inputs, outputs, name=f"{self.name}_classifier")
