@@ -28,7 +28,8 @@ def build_parser() -> ArgumentParser:
         default="final",
         help="which of the run's models: final (default: the one metrics.json names final, "
         "chosen on held-out labels), classifier (encoder + linear probe), finetuned "
-        "(--then finetune), student (--then distill), fixmatch (--then consistency) or baseline (the supervised baseline)",
+        "(--then finetune), student (--then distill), fixmatch (--then consistency) or "
+        "baseline (the supervised baseline)",
     )
     parser.add_argument(
         "--version", type=int, help="version number (default: highest existing + 1)"

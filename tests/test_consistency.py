@@ -46,7 +46,9 @@ def test_no_gradient_flows_through_the_weak_view():
     weak = tf.Variable(_softmax(rng.normal(size=(6, 3)) * 5))
     strong = tf.Variable(_softmax(rng.normal(size=(6, 3))))
     with tf.GradientTape(persistent=True) as tape:
-        loss, _ = fixmatch_loss(np.array([0, 1]), _softmax(rng.normal(size=(2, 3))), weak, strong, 0.5, 1.0)
+        loss, _ = fixmatch_loss(
+            np.array([0, 1]), _softmax(rng.normal(size=(2, 3))), weak, strong, 0.5, 1.0
+        )
     assert tape.gradient(loss, weak) is None
     assert tape.gradient(loss, strong) is not None
 
@@ -66,14 +68,18 @@ def test_consistency_protocol_learns_a_separable_set_and_reports_its_mask():
         x[labels == c, 4 * r : 4 * r + 4, 4 * k : 4 * k + 4] += 180
     x = x.astype(np.uint8)
     y = labels.copy()
-    split = Split(labeled=np.array([0, 16, 32, 48, 1, 17, 33, 49]), validation=np.array([2, 18, 34, 50]))
+    split = Split(
+        labeled=np.array([0, 16, 32, 48, 1, 17, 33, 49]), validation=np.array([2, 18, 34, 50])
+    )
     y[np.setdiff1d(np.arange(64), np.r_[split.labeled, split.validation])] = -1  # unlabeled
     task = Task(x, y, split, x[::4], num_classes=4, preset="digits", seed=0)
     inputs = keras.Input((8, 8, 1))
     pooled = keras.layers.Flatten()(keras.layers.AveragePooling2D(4)(inputs))
     encoder = keras.Model(inputs, keras.layers.Dense(8, activation="relu")(pooled))
     options = ProtocolOptions(batch_size=8, consistency_ratio=2, consistency_steps=100, min_steps=0)
-    outcome = run_protocol("consistency", task, encoder, FeatureCache(encoder, x, task.x_test), options)
+    outcome = run_protocol(
+        "consistency", task, encoder, FeatureCache(encoder, x, task.x_test), options
+    )
     assert np.mean(np.argmax(outcome.scores, axis=1) == labels[::4]) >= 0.9
     assert 0.0 <= outcome.selected["mask_rate"] <= 1.0 and outcome.selected["pool"] == 60
     assert outcome.classifier.predict(x[:3], verbose=0).shape == (3, 4)
@@ -99,5 +105,8 @@ def test_train_then_consistency_keeps_the_fixmatch_classifier(tmp_path, capsys):
     assert result["selected"]["epochs_run"] == 1  # 50 steps: one epoch of 50
     assert set(run.metrics["final"]["held_out_accuracy"]) == {"classifier", "fixmatch"}
     classifier = run.load("fixmatch")
-    assert classifier.predict(np.zeros((2, *run.image_shape), np.float32), verbose=0).shape == (2, 10)
+    assert classifier.predict(np.zeros((2, *run.image_shape), np.float32), verbose=0).shape == (
+        2,
+        10,
+    )
     assert json.loads((tmp_path / "run" / "progress.json").read_text())["consistency"]

@@ -10,7 +10,6 @@ import tensorflow as tf
 from kerassl.data.splits import Split
 from kerassl.errors import UserError
 from kerassl.evaluation.distill import _soft_targets, distillation_loss
-from kerassl.evaluation.options import ProtocolOptions
 from kerassl.evaluation.protocols import Task, unlabeled_pool
 from kerassl.semisupervised import choose_final, parse_stages
 

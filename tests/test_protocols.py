@@ -112,7 +112,9 @@ def test_finetune_fixed_schedule_at_one_label_per_class_and_copy():
     )
     split = draw_split(data, PerClass(1), seed=0, validation=0.2)
     assert len(split.validation) == 0
-    row, outcome = run_cell("finetune", encoder, data, split, preset="fashion", seed=0, options=FAST)
+    row, outcome = run_cell(
+        "finetune", encoder, data, split, preset="fashion", seed=0, options=FAST
+    )
     assert row["schedule"].startswith("fixed 5 epochs (no validation labels")
     assert row["selected"]["epochs_run"] == 5
     assert row["labels"] == "1/class"

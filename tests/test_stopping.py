@@ -101,10 +101,10 @@ def test_discounted_accuracy_is_less_one_standard_error():
 
 
 def test_training_length_is_capped_in_steps():
+    from kerassl.errors import UserError
     from kerassl.evaluation.options import ProtocolOptions
     from kerassl.evaluation.protocols import stopping
     from kerassl.stopping import epochs_within
-    from kerassl.errors import UserError
 
     assert epochs_within(3000, 1, 200) == 200  # 100 labels: an epoch is a step
     assert epochs_within(3000, 750, 200) == 4  # 48,000 labels at 64: ceil(3000 / 750)

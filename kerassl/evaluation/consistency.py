@@ -130,7 +130,9 @@ def consistency(
     )
 
 
-def fixmatch_loss(labels, probabilities, weak_probabilities, strong_probabilities, threshold, weight):
+def fixmatch_loss(
+    labels, probabilities, weak_probabilities, strong_probabilities, threshold, weight
+):
     """(loss, mask rate): ℓ_s + λ_u ℓ_u of the module docstring, in float32, from class
     probabilities (the head ends in a softmax). `weak_probabilities` are treated as
     constants; ℓ_u is averaged over every unlabeled image, masked or not (FixMatch)."""
@@ -142,7 +144,9 @@ def fixmatch_loss(labels, probabilities, weak_probabilities, strong_probabilitie
     )
     mask = tf.cast(tf.reduce_max(weak, axis=-1) >= threshold, tf.float32)
     pseudo = tf.argmax(weak, axis=-1, output_type=tf.int32)
-    unsupervised = tf.reduce_mean(mask * keras.losses.sparse_categorical_crossentropy(pseudo, strong))
+    unsupervised = tf.reduce_mean(
+        mask * keras.losses.sparse_categorical_crossentropy(pseudo, strong)
+    )
     return supervised + weight * unsupervised, tf.reduce_mean(mask)
 
 
@@ -154,7 +158,11 @@ def _batches(x_labeled, y_labeled, x_pool, batch, pool_batch, seed):
         x_labeled, y_labeled, batch, shuffle=True, seed=seed, drop_remainder=True
     )
     pool = labeled_dataset(
-        x_pool, np.zeros(len(x_pool), np.int64), pool_batch, shuffle=True, seed=seed + 1,
+        x_pool,
+        np.zeros(len(x_pool), np.int64),
+        pool_batch,
+        shuffle=True,
+        seed=seed + 1,
         drop_remainder=True,
     ).map(lambda images, _: images)
     return tf.data.Dataset.zip(labeled.repeat(), pool.repeat()).prefetch(2)
@@ -193,7 +201,10 @@ class ConsistencyTrainer(FineTuner):
         self._loss_tracker.update_state(loss, sample_weight=tf.shape(images)[0])
         self.apply_two_rates(tape.gradient(loss, variables))
         self.mask_rate.update_state(mask_rate)
-        return {**self.compute_metrics(images, labels, probabilities), "mask_rate": self.mask_rate.result()}
+        return {
+            **self.compute_metrics(images, labels, probabilities),
+            "mask_rate": self.mask_rate.result(),
+        }
 
     @property
     def metrics(self):

@@ -157,7 +157,12 @@ class ProtocolOptions:
             raise UserError(
                 f"--min-steps ({self.min_steps}) must not exceed --max-steps ({self.max_steps})"
             )
-        for name in ("knn_temperature", "learning_rate", "distill_temperature", "consistency_weight"):
+        for name in (
+            "knn_temperature",
+            "learning_rate",
+            "distill_temperature",
+            "consistency_weight",
+        ):
             _user_check(name, getattr(self, name), POSITIVE)
         if not 0 < self.consistency_threshold <= 1:
             raise UserError(
