@@ -200,3 +200,25 @@ def test_supervised_baseline_flips_as_the_caller_says(monkeypatch):
     assert metrics["num_labeled"] == 12
     with pytest.raises(TypeError, match="flip"):
         supervised_baseline(data, split, model="mlp")
+
+
+def test_no_epoch_is_kept_before_min_steps_nor_past_the_step_cap(monkeypatch):
+    """At 32 labels in batches of 8 an epoch is 4 steps: 100 steps are 25 epochs, capped
+    so that the last epoch can still be kept; `max_steps` cuts the epochs."""
+    made = []
+
+    class Recording(supervised.BestEpoch):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(supervised, "BestEpoch", Recording)
+    x, y = _bright_dark(40)
+    model = build_classifier("mlp", x.shape[1:], 2, hidden_units=(8,))
+    validation = (x[32:], y[32:])
+    history = supervised.train_classifier(model, x[:32], y[:32], validation, epochs=6, batch_size=8)
+    assert made[-1].start_from_epoch == 5 and len(history.epoch) == 6
+    history = supervised.train_classifier(
+        model, x[:32], y[:32], validation, epochs=50, batch_size=8, min_steps=8, max_steps=20
+    )
+    assert made[-1].start_from_epoch == 2 and len(history.epoch) == 5  # ceil(20 / 4)

@@ -251,7 +251,11 @@ class Stages:
                 **weights,
             )
             selected = {"epochs_run": result["epochs_run"]}
-        stops_on = "validation" if len(split.validation) else "training (no validation labels)"
+        stops_on = (
+            "the smoothed validation accuracy (kerassl.stopping)"
+            if len(split.validation)
+            else "the training loss (no validation labels)"
+        )
         scores = extract_features(model, self.data.x_test)  # [T, K] probabilities
         return {
             "protocol": "supervised",
@@ -260,7 +264,7 @@ class Stages:
             "num_labeled": int(len(split.all_labeled)),
             "num_validation": int(len(split.validation)),
             **score(scores, self.data.y_test, self.data.num_classes),
-            "schedule": f"early stopping on the {stops_on} loss",
+            "schedule": f"early stopping on {stops_on}",
             "selected": selected,
         }
 
