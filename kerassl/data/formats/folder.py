@@ -38,6 +38,7 @@ cached pixels equal the in-memory path's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -259,7 +260,7 @@ def _build_cache(directory: Path, paths: list[Path], size: int, channels: int | 
     is the i-th readable path's, exactly as `_read_images` computes it. The channels are
     guessed from the files' headers unless given."""
     if channels is None:
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        with _decoding_pool() as pool:
             channels = 3 if any(pool.map(_colour_header, paths)) else 1
     writer = cache.ImageWriter(directory / cache.IMAGES, len(paths))
     readable = np.zeros(len(paths), bool)
@@ -292,10 +293,8 @@ def _colour_header(path: Path) -> bool:
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return False
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as image:
-                return not (image.mode.startswith("I;16") or image.mode in _GRAY_MODES)
+        with Image.open(path) as image:
+            return not (image.mode.startswith("I;16") or image.mode in _GRAY_MODES)
     except Exception:
         return False
 
@@ -309,6 +308,20 @@ def _same_shape_batches(decoded: list[np.ndarray]) -> Iterator[tuple[np.ndarray,
         yield np.asarray(rows), np.stack([decoded[row] for row in rows])
 
 
+@contextlib.contextmanager
+def _decoding_pool() -> Iterator[ThreadPoolExecutor]:
+    """A thread per CPU for PIL (which releases the GIL while decoding), with PIL's remarks
+    on what it recovers (bad EXIF, palette transparency, …) silenced while the pool lives.
+
+    The warnings filters are process-wide (Python < 3.14): a worker that entered and left
+    `warnings.catch_warnings` itself would restore them under another worker's feet, so
+    the filter is set here, in the thread that owns the pool."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            yield pool
+
+
 def _decoded_chunks(
     paths: list[Path],
 ) -> Iterator[tuple[int, list[tuple[np.ndarray | None, str | None]]]]:
@@ -316,7 +329,7 @@ def _decoded_chunks(
     paths, in order, decoded by a thread per CPU (PIL releases the GIL while decoding)
     at most `_CHUNKS_AHEAD` chunks ahead of the consumer."""
     starts = iter(range(0, len(paths), _DECODE_CHUNK))
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with _decoding_pool() as pool:
         pending: deque = deque()
 
         def submit() -> None:
@@ -351,11 +364,9 @@ def _decode(path: Path) -> np.ndarray:
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise _Unreadable("no image suffix")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL's remarks on what it recovers (bad EXIF, …)
-            with Image.open(path) as image:
-                image.load()  # decodes the whole file: a truncated one fails here
-                return _pixels(ImageOps.exif_transpose(image))
+        with Image.open(path) as image:
+            image.load()  # decodes the whole file: a truncated one fails here
+            return _pixels(ImageOps.exif_transpose(image))
     except UnidentifiedImageError:
         raise _Unreadable("not an image") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
