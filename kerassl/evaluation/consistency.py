@@ -97,9 +97,7 @@ def consistency(
         min(options.consistency_ratio * batch, len(pool)),
         task.seed,
     )
-    validation = None
-    if len(split.validation):
-        validation = (task.x_train[split.validation], task.y_train[split.validation])
+    validation = task.validation
     epochs = max(1, options.consistency_steps // STEPS_PER_EPOCH)
     fit = stopping(options, validation, epochs=epochs, steps_per_epoch=STEPS_PER_EPOCH)
     history = model.fit(

@@ -81,9 +81,7 @@ def distill(
         augmenter,
         task.seed,
     )
-    validation = None
-    if len(split.validation):
-        validation = (task.x_train[split.validation], task.y_train[split.validation])
+    validation = task.validation
     steps = max(1, len(pool) // min(options.distill_batch_size, len(pool)))
     fit = stopping(options, validation, epochs=options.distill_epochs, steps_per_epoch=steps)
     history = student.fit(

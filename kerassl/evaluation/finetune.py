@@ -46,9 +46,7 @@ def finetune(task: Task, encoder: keras.Model, cache: FeatureCache, options: Pro
     )
     keras.utils.set_random_seed(task.seed)
     model = FineTuner(copy_encoder(encoder), probe.dense(), options.encoder_lr_scale)
-    validation = None
-    if len(split.validation):
-        validation = (task.x_train[split.validation], task.y_train[split.validation])
+    validation = task.validation
     batch = min(options.batch_size, len(split.labeled))
     fit = stopping(options, validation, steps_per_epoch=len(split.labeled) // batch)
     history = train_classifier(

@@ -65,6 +65,13 @@ class Task:
         """Horizontal flips preserve labels (the label-set augmentation may flip)."""
         return label_flip(self.preset)
 
+    @property
+    def validation(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The split's `(images, labels)` that stages select and stop on, or None."""
+        if not len(self.split.validation):
+            return None
+        return self.x_train[self.split.validation], self.y_train[self.split.validation]
+
     @classmethod
     def of(cls, data, split: Split, preset: str, seed: int) -> Task:
         """The task of `split` on an `ImageData` (its test labels left out)."""
