@@ -85,11 +85,8 @@ def run(
     chief = is_chief()
     run_dir, created = _open_run_dir(decision, chief)
     try:
-        xla = _xla_choice(plan, run_dir, decision, strategy)
-        plan = plan.with_jit_compile(xla.jit_compile)
-        budget = None
-        if config.time_budget is not None:
-            plan, budget = _budgeted(plan, run_dir, decision, strategy, _chosen_timing(xla))
+        recorded = run_dir.read_json(files.CONFIG, {}) if decision.action == CONTINUE else None
+        plan, xla, budget = settle(plan, strategy, recorded)
         if chief:
             _write_run_header(run_dir, plan, strategy, decision, config.to_json(), budget, xla)
         return run_dir.path if chief else None, _run_stages(plan, run_dir, chief, strategy, verbose)
@@ -105,15 +102,26 @@ def run(
         ) from None
 
 
-def _xla_choice(plan: Plan, run_dir: RunDir, decision: Decision, strategy) -> XLAChoice:
-    """Whether the run's train step is XLA-compiled (`kerassl.xla_choice`): a continued
-    run keeps what its config.json records (the fixed rule of `plan` for a run started
-    before the choice was recorded), else "auto" may measure both forms."""
-    recorded = None
-    if decision.action == CONTINUE:
-        fixed = {"jit_compile": plan.jit_compile}
-        recorded = run_dir.read_json(files.CONFIG, {}).get("xla", fixed)
-    return choose_for_plan(plan, strategy, recorded)
+def settle(
+    plan: Plan, strategy, recorded: dict | None = None
+) -> tuple[Plan, XLAChoice, dict | None]:
+    """The plan as it trains, for a run or a tuner trial: XLA on or off (`kerassl.
+    xla_choice`: "auto" may measure both forms) and, under a `--time-budget`, as many
+    steps as the budget holds (`budgeted`). `recorded` is a continued run's config.json:
+    its choice and step count are kept (the fixed XLA rule of `plan` for a run started
+    before the choice was recorded) and nothing is measured.
+
+    Returns:
+        (plan, the XLA choice, the budget's record or None).
+    """
+    fixed = {"jit_compile": plan.jit_compile}
+    xla = choose_for_plan(plan, strategy, None if recorded is None else recorded.get("xla", fixed))
+    plan = plan.with_jit_compile(xla.jit_compile)
+    if plan.config.time_budget is None:
+        return plan, xla, None
+    budget = (recorded or {}).get("time_budget")
+    plan, budget = budgeted(plan, strategy, budget, _chosen_timing(xla))
+    return plan, xla, budget
 
 
 def _chosen_timing(xla: XLAChoice):
@@ -126,16 +134,13 @@ def _chosen_timing(xla: XLAChoice):
     return dataclasses.replace(xla.timings[xla.jit_compile], spent=spent)
 
 
-def _budgeted(
-    plan: Plan, run_dir: RunDir, decision: Decision, strategy, timing=None
-) -> tuple[Plan, dict]:
-    """The plan of a `--time-budget` run: as many steps as the budget holds once the
+def budgeted(plan: Plan, strategy, recorded: dict | None = None, timing=None) -> tuple[Plan, dict]:
+    """The plan of a `--time-budget`: as many steps as the budget holds once the
     measurement (`measure_step_seconds`: a short `fit` as the run's) and what the run
     spends besides its steps (startup, epoch ends) are taken off, in epochs of at most
-    one pass (`budget_steps`); a continued run keeps the step count its config.json
-    records. `timing`: the step already measured with the plan's XLA choice, if it was."""
-    recorded = run_dir.read_json(files.CONFIG, {}) if decision.action == CONTINUE else {}
-    budget = recorded.get("time_budget")
+    one pass (`budget_steps`); `recorded` (a continued run's budget) keeps its step count.
+    `timing`: the step already measured with the plan's XLA choice, if it was."""
+    budget = recorded
     if budget is None:
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             raise UserError(

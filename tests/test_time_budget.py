@@ -4,9 +4,7 @@ run keeping its recorded step count."""
 
 import dataclasses
 import itertools
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +13,6 @@ from kerassl import experiment, pretraining
 from kerassl.config import TrainConfig
 from kerassl.plan import prepare
 from kerassl.pretraining import StepTiming, budget_steps
-from kerassl.resume import CONTINUE, START, Decision
-from kerassl.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +76,7 @@ def test_without_epoch_costs_steps_are_the_budget_over_the_step_time():
 def test_the_budget_sets_steps_epochs_and_schedule(plan, tmp_path, monkeypatch):
     timing = StepTiming(step=0.1, startup=4.0, first_epoch_end=0.0, epoch_end=0.0, spent=6.0)
     monkeypatch.setattr(experiment, "measure_step_seconds", lambda plan, strategy: timing)
-    run_dir = RunDir(tmp_path)
-    budgeted, budget = experiment._budgeted(plan, run_dir, Decision(tmp_path, START), None)
+    budgeted, budget = experiment.budgeted(plan, None)
     assert budget["steps"] == 500 and budget["step_seconds"] == 0.1
     assert budget["measurement_seconds"] == 6.0 and budget["startup_seconds"] == 4.0
     per_pass = plan.steps_per_epoch  # 1437 images // 32
@@ -107,9 +102,7 @@ def test_the_schedule_ends_at_zero_on_the_budgets_last_step(tmp_path, monkeypatc
     )
     timing = StepTiming(step=0.5, startup=0.0, first_epoch_end=0.0, epoch_end=0.0, spent=0.0)
     monkeypatch.setattr(experiment, "measure_step_seconds", lambda plan, strategy: timing)
-    budgeted, budget = experiment._budgeted(
-        prepare(config), RunDir(tmp_path), Decision(tmp_path, START), None
-    )
+    budgeted, budget = experiment.budgeted(prepare(config), None)
     assert budget["steps"] == 12
     assert (budgeted.config.epochs, budgeted.steps_per_epoch) == (3, 4)
     model, state = pretraining.pretrain_with_state(budgeted, verbose=0)
@@ -127,9 +120,7 @@ def test_a_continued_run_keeps_its_recorded_step_count(plan, tmp_path, monkeypat
 
     monkeypatch.setattr(experiment, "measure_step_seconds", never)
     recorded = {"seconds": 60.0, "steps": 90}
-    Path(tmp_path, "config.json").write_text(json.dumps({"time_budget": recorded}))
-    decision = Decision(tmp_path, CONTINUE)
-    budgeted, budget = experiment._budgeted(plan, RunDir(tmp_path), decision, None)
+    budgeted, budget = experiment.budgeted(plan, None, recorded)
     assert budget == recorded
     assert (budgeted.config.epochs, budgeted.steps_per_epoch) == (3, 30)  # 44 steps a pass
 

@@ -224,6 +224,39 @@ def test_byol_search_writes_its_best_config_and_encoder(tmp_path, monkeypatch):
     assert 0 <= test["top1"] <= 1 and test["num_test"] == len(load_dataset("digits").y_test)
 
 
+def test_an_ssl_trial_pretrains_for_its_time_budget(tmp_path, monkeypatch):
+    """`ssl: {time_budget: ...}` sets each trial's steps as `kerassl train --time-budget`
+    would (it was ignored: trials ran their epochs); the record is kept in the trial's dir."""
+    from kerassl import experiment, pretraining
+    from kerassl.evaluation import probes
+    from kerassl.pretraining import StepTiming
+
+    timing = StepTiming(step=0.5, startup=0.0, first_epoch_end=0.0, epoch_end=0.0, spent=0.0)
+    monkeypatch.setattr(experiment, "measure_step_seconds", lambda plan, strategy: timing)
+    monkeypatch.setattr(probes, "choose_c", lambda *args, **kwargs: (1.0, None, 0, 0))
+    planned = []
+    real_pretrain = pretraining.pretrain
+
+    def pretrain_spy(plan, *args, **kwargs):
+        planned.append(plan)
+        return real_pretrain(plan, *args, **kwargs)
+
+    monkeypatch.setattr(pretraining, "pretrain", pretrain_spy)
+    path = tmp_path / "simclr.yaml"
+    path.write_text(
+        "model: simclr\ndataset: digits\nlabels: 50\nvalidation: 0.4\nepochs: 30\n"
+        "ssl: {time_budget: 6s, max_unlabeled: 256, projection_dim: 16, hidden_dim: 32,"
+        " jit_compile: false}\n"
+        "space: {batch_size: [32], head: [linear], temperature: [0.2]}\n"
+    )
+    out = tmp_path / "ssl"
+    assert tune.main([str(path), "--max-trials", "1", "--out", str(out)]) == 0
+    [plan] = planned
+    assert plan.total_steps == 12  # 6 s of 0.5 s steps, not 30 epochs of 8
+    [record] = [json.loads(p.read_text()) for p in out.glob("tuner/trial_*/budget.json")]
+    assert record["steps"] == 12 and record["seconds"] == 6.0
+
+
 def test_tuning_yaml_definitions_are_valid():
     paths = sorted((REPO / "tuning").glob("*.yaml"))
     names = {p.name for p in paths}

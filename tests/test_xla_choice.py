@@ -4,15 +4,12 @@ continued run keeping its recorded choice, and config.json saying what was chose
 
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 
 from kerassl import experiment, pretraining
 from kerassl import xla_choice as xc
 from kerassl.pretraining import StepTiming
-from kerassl.resume import CONTINUE, START, Decision
-from kerassl.run_dir import RunDir
 
 CPU = {"model": "Test CPU", "flags": "0123", "cores": 2, "machine": "x86_64"}
 
@@ -159,9 +156,7 @@ def test_a_plan_times_each_form_with_measure_step_seconds(plan, tmp_path, monkey
     assert (timing.step, timing.spent) == (0.2, 14.0)
     config = dataclasses.replace(plan.config, time_budget="60s")
     budget_plan = plan.with_config(config).with_jit_compile(True)
-    budgeted, budget = experiment._budgeted(
-        budget_plan, RunDir(tmp_path), Decision(tmp_path, START), None, timing
-    )
+    budgeted, budget = experiment.budgeted(budget_plan, None, timing=timing)
     assert len(timed) == 2 and budget["measurement_seconds"] == 14.0
     assert budgeted.jit_compile is True  # the choice survives re-planning for the budget
 
@@ -176,8 +171,7 @@ def test_a_continued_run_keeps_its_recorded_choice(plan, tmp_path, monkeypatch, 
         raise AssertionError("a continued run must not measure again")
 
     monkeypatch.setattr(pretraining, "measure_step_seconds", never)
-    Path(tmp_path, "config.json").write_text(json.dumps(header))
-    choice = experiment._xla_choice(plan, RunDir(tmp_path), Decision(tmp_path, CONTINUE), None)
+    _, choice, _ = experiment.settle(plan, None, recorded=header)
     assert choice.jit_compile is expected
 
 

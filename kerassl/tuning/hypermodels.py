@@ -256,6 +256,8 @@ class SSLHyperModel(kt.HyperModel):
         self.method = method
         self.base_config = base_config
         self.space = parse_space(ssl_space(method), space)
+        self.last_model = None  # the last trial's SSL model and --time-budget record
+        self.last_budget = None
 
     def values(self, hp: kt.HyperParameters) -> dict[str, Any]:
         """Registers the search space in `hp` and returns the values of this trial."""
@@ -276,12 +278,19 @@ class SSLHyperModel(kt.HyperModel):
         """Pretrains with `config` on `plan` (a `kerassl.plan.Plan` whose data holds no test
         images, re-resolved for the trial's settings), then returns
         `{"val_accuracy": probe accuracy}`."""
+        import tensorflow as tf
+
         from kerassl.evaluation.features import extract_features
         from kerassl.evaluation.probes import linear_probe
+        from kerassl.experiment import settle
         from kerassl.pretraining import pretrain
 
         data, split = plan.data, plan.split
-        model = pretrain(plan.with_config(config), verbose=verbose)
+        # As `kerassl train` would run the trial: its XLA choice and its --time-budget.
+        trial_plan, _, self.last_budget = settle(
+            plan.with_config(config), tf.distribute.get_strategy()
+        )
+        model = pretrain(trial_plan, verbose=verbose)
         train_features = extract_features(model.encoder, data.x_train[split.labeled])
         val_features = extract_features(model.encoder, data.x_train[split.validation])
         result, _ = linear_probe(

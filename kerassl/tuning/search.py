@@ -107,8 +107,11 @@ class _TrialLog:
         hp = trial.hyperparameters
         config = self.hypermodel.build(hp)
         metrics = self.hypermodel.fit(hp, config, *args, **kwargs)
-        encoder = self.hypermodel.last_model.encoder
-        encoder.save(os.path.join(self.get_trial_dir(trial.trial_id), "encoder.keras"))
+        trial_dir = self.get_trial_dir(trial.trial_id)
+        self.hypermodel.last_model.encoder.save(os.path.join(trial_dir, "encoder.keras"))
+        if self.hypermodel.last_budget is not None:  # the steps a --time-budget held
+            with open(os.path.join(trial_dir, "budget.json"), "w") as file:
+                json.dump(self.hypermodel.last_budget, file)
         return metrics
 
     def load_model(self, trial):
