@@ -265,7 +265,9 @@ def test_tuning_yaml_definitions_are_valid():
         "inceptionv3_stanford_dogs.yaml",
         "simclr_fashion_mnist.yaml",
     } <= names
-    for path in paths:
+    recipes = sorted((REPO / "benchmarks" / "recipes").glob("search_*.yaml"))
+    assert recipes  # the recipe searches are search definitions too
+    for path in paths + recipes:
         SearchConfig.from_yaml(str(path)).validate()
 
 
