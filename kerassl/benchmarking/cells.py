@@ -201,6 +201,7 @@ class Sizes:
 
 def estimate_seconds(cell: Cell, definition: Definition, sizes: Sizes) -> float:
     """A rough time for `cell` (see the rates above; a time budget is taken as given)."""
+    from kerassl.config import TrainConfig
     from kerassl.stopping import epochs_within
     from kerassl.supervised import MAX_STEPS
 
@@ -211,11 +212,12 @@ def estimate_seconds(cell: Cell, definition: Definition, sizes: Sizes) -> float:
         settings = {**definition.pretrain, **row.settings}
         if settings.get("time_budget"):
             return parse_duration(settings["time_budget"]) + overhead
-        batch = int(settings.get("batch_size", 256))
+        defaults = TrainConfig()
+        batch = int(settings.get("batch_size", defaults.batch_size))
         pool = min(settings.get("max_unlabeled") or sizes.train, sizes.train)
         per_epoch = max(1, pool // batch)
         steps = min(settings.get("steps_per_epoch") or per_epoch, per_epoch)
-        images = int(settings.get("epochs", 10)) * steps * batch
+        images = int(settings.get("epochs", defaults.epochs)) * steps * batch
         return overhead + images * sizes.pixels / TRAIN_PIXELS_PER_SECOND
     labeled = _labeled(cell.labels, sizes)
     trained = int(labeled * (1 - definition.validation)) or 1
