@@ -174,3 +174,22 @@ def test_serve_config_errors_are_one_line(export_dir, tmp_path, capsys):
     assert "EXPORT_DIR is required" in one_line_error(serve.main, ["--config", str(path)], capsys)
     err = one_line_error(serve.main, ["--config", str(tmp_path / "none.yaml")], capsys)
     assert "cannot read --config" in err
+
+
+def test_the_5_minute_recipe_is_a_train_config_and_the_defaults():
+    """benchmarks/recipes/simclr_5min.yaml runs as `kerassl train --config`, and its
+    settings are kerassl train's defaults (which it chose): the two cannot drift apart."""
+    from pathlib import Path
+
+    from kerassl import train
+    from kerassl.config import TrainConfig
+
+    recipe = Path(__file__).resolve().parents[1] / "benchmarks" / "recipes" / "simclr_5min.yaml"
+    parser = train.build_parser()
+    argv = ["--config", str(recipe)]
+    config = train.settings_of(parser.parse_args(argv), train.given_settings(parser, argv))
+    config.validate()
+    assert config.time_budget == "80s"
+    defaults = TrainConfig()
+    for name in ("method", "batch_size", "learning_rate", "temperature", "head"):
+        assert getattr(config, name) == getattr(defaults, name), name
