@@ -295,3 +295,16 @@ def test_the_pair_matrix_and_missing_cells():
     assert f"| crop | 40.0 | 60.0 ± {spread:.1f} |" in text  # the matrix (n in its title)
     assert f"| blur | 60.0 ± {spread:.1f} | – |" in text
     assert not math.isnan(spread)
+
+
+def test_the_shipped_benchmark_definitions_are_valid():
+    """benchmarks/label_budgets.yaml and the recipes' benchmarks resolve (rows, budgets,
+    baselines): a definition the README's commands run cannot rot unnoticed."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    paths = [root / "label_budgets.yaml", *sorted((root / "recipes").glob("benchmark_*.yaml"))]
+    assert len(paths) >= 2
+    for path in paths:
+        definition = definitions.resolve(definitions.read_file(str(path)), source=str(path))
+        assert definition.methods and definition.baselines, path
