@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from cases import CASES, Case, step_flops  # noqa: E402
+from cases import CASES, LEARNING_RATE, Case, step_flops  # noqa: E402
 
 from kerassl import config as kerassl_config  # noqa: E402
 from kerassl.data.registry import ImageData  # noqa: E402
@@ -46,6 +46,7 @@ def make_plan(case: Case):
         encoder=case.encoder,
         augment=case.preset,
         batch_size=case.batch_size,
+        learning_rate=LEARNING_RATE,  # lightly's side uses the same (no work depends on it)
         knn_every=0,
         baseline="none",
         epochs=100,  # the schedule's length only; the measurement runs 2 short epochs
